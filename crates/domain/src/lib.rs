@@ -1,0 +1,23 @@
+//! deskpool's domain: pool specs and their validation, desktop naming, the desktop and pool
+//! state machines, and the pure planning function the reconciler executes.
+//!
+//! Nothing here knows about HTTP, SQL or SOAP: every type is plain data, so the rules can be
+//! tested (and property-tested) in isolation.
+
+mod naming;
+mod plan;
+mod spec;
+mod state;
+
+pub use naming::{NamingError, NamingPattern};
+pub use plan::{plan, DesktopView, Plan, PlanInput};
+pub use spec::{GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
+pub use state::{DesktopState, EventKind, PoolState, UnknownState};
+
+/// Key of the extraConfig marker naming the pool that owns a VM.
+pub const MARKER_POOL: &str = "deskpool.pool";
+/// Key of the extraConfig marker holding the desktop's id (a UUID) in the database.
+pub const MARKER_DESKTOP: &str = "deskpool.desktop";
+/// Key of the extraConfig marker naming the deskpool installation (so two installations that
+/// share a vCenter never adopt or destroy each other's VMs).
+pub const MARKER_OWNER: &str = "deskpool.owner";

@@ -1,0 +1,263 @@
+//! The pure planning function: given a pool's wishes and what exists, which desktops to create
+//! and which to remove. The reconciler only executes the plan.
+
+use std::collections::BTreeSet;
+
+use uuid::Uuid;
+
+use crate::DesktopState;
+
+/// What the planner needs to know of one desktop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesktopView {
+    /// Database id.
+    pub id: Uuid,
+    /// The index in the naming pattern.
+    pub index: u32,
+    /// Lifecycle state.
+    pub state: DesktopState,
+    /// Last known power state (false when unknown).
+    pub powered_on: bool,
+}
+
+/// The inputs of one planning pass for one pool.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    /// Desired number of desktops (0 when the pool is being deleted).
+    pub target: u32,
+    /// New desktops may be made (pool enabled, not in error, not stopped, not deleting).
+    pub may_create: bool,
+    /// Desktops may be removed (false only while the pool is paused).
+    pub may_delete: bool,
+    /// The pool's own bound on clones in flight.
+    pub max_concurrent: u32,
+    /// Free provisioning slots left under the vCenter-wide bound.
+    pub global_slots: u32,
+    /// Highest index the naming pattern may use.
+    pub max_index: u32,
+    /// Every desktop row of the pool.
+    pub desktops: &'a [DesktopView],
+}
+
+/// What to do now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Indexes of new desktops to create (lowest free first).
+    pub create: Vec<u32>,
+    /// Desktops to move to `deleting`, in the order chosen.
+    pub delete: Vec<Uuid>,
+}
+
+impl Plan {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// Removal preference: lower goes first. Failed desktops, then those still provisioning,
+/// then powered-off ready ones, then the rest; within a rank the highest index first.
+fn removal_rank(d: &DesktopView) -> (u8, std::cmp::Reverse<u32>) {
+    let rank = match d.state {
+        DesktopState::Failed => 0,
+        s if s.is_provisioning() => 1,
+        DesktopState::Ready if !d.powered_on => 2,
+        _ => 3,
+    };
+    (rank, std::cmp::Reverse(d.index))
+}
+
+/// Decides which desktops to create and which to delete so the pool moves toward its target
+/// without exceeding any concurrency bound.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let mut out = Plan::default();
+    let counted = input
+        .desktops
+        .iter()
+        .filter(|d| d.state.counts_toward_size())
+        .count() as u32;
+
+    if input.may_delete {
+        // Failed desktops are never kept: their replacement is planned below.
+        out.delete.extend(
+            input
+                .desktops
+                .iter()
+                .filter(|d| d.state == DesktopState::Failed)
+                .map(|d| d.id),
+        );
+        if counted > input.target {
+            let mut victims: Vec<&DesktopView> = input
+                .desktops
+                .iter()
+                .filter(|d| d.state.counts_toward_size())
+                .collect();
+            victims.sort_by_key(|d| removal_rank(d));
+            out.delete.extend(
+                victims
+                    .into_iter()
+                    .take((counted - input.target) as usize)
+                    .map(|d| d.id),
+            );
+        }
+    }
+
+    if input.may_create && counted < input.target {
+        let in_flight = input
+            .desktops
+            .iter()
+            .filter(|d| d.state.is_provisioning())
+            .count() as u32;
+        let slots = input
+            .max_concurrent
+            .saturating_sub(in_flight)
+            .min(input.global_slots);
+        let wanted = (input.target - counted).min(slots);
+        let used: BTreeSet<u32> = input.desktops.iter().map(|d| d.index).collect();
+        out.create = (1..=input.max_index)
+            .filter(|i| !used.contains(i))
+            .take(wanted as usize)
+            .collect();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn view(index: u32, state: DesktopState, powered_on: bool) -> DesktopView {
+        DesktopView {
+            id: Uuid::from_u128(index as u128),
+            index,
+            state,
+            powered_on,
+        }
+    }
+
+    fn input(target: u32, desktops: &[DesktopView]) -> PlanInput<'_> {
+        PlanInput {
+            target,
+            may_create: true,
+            may_delete: true,
+            max_concurrent: 8,
+            global_slots: 20,
+            max_index: 1000,
+            desktops,
+        }
+    }
+
+    #[test]
+    fn fills_from_empty_up_to_the_bound() {
+        let p = plan(&input(20, &[]));
+        assert_eq!(p.create, (1..=8).collect::<Vec<_>>());
+        assert!(p.delete.is_empty());
+    }
+
+    #[test]
+    fn reuses_lowest_free_index() {
+        let ds = [
+            view(1, DesktopState::Ready, true),
+            view(3, DesktopState::Ready, true),
+        ];
+        assert_eq!(plan(&input(4, &ds)).create, vec![2, 4]);
+    }
+
+    #[test]
+    fn scale_down_order() {
+        let ds = [
+            view(1, DesktopState::Ready, true),
+            view(2, DesktopState::Ready, false),
+            view(3, DesktopState::Cloning, false),
+            view(4, DesktopState::Failed, false),
+            view(5, DesktopState::Ready, true),
+            view(6, DesktopState::Ready, true),
+        ];
+        let p = plan(&input(2, &ds));
+        let order: Vec<u32> = p.delete.iter().map(|id| id.as_u128() as u32).collect();
+        // failed first, then not ready, then powered off, then highest index.
+        assert_eq!(order, vec![4, 3, 2, 6]);
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn paused_pool_does_nothing() {
+        let ds = [view(1, DesktopState::Failed, false)];
+        let mut i = input(5, &ds);
+        i.may_create = false;
+        i.may_delete = false;
+        assert!(plan(&i).is_empty());
+    }
+
+    #[test]
+    fn global_slots_bound_creation() {
+        let mut i = input(10, &[]);
+        i.global_slots = 3;
+        assert_eq!(plan(&i).create.len(), 3);
+    }
+
+    fn arb_state() -> impl Strategy<Value = DesktopState> {
+        prop::sample::select(DesktopState::ALL.to_vec())
+    }
+
+    fn arb_desktops() -> impl Strategy<Value = Vec<DesktopView>> {
+        prop::collection::btree_map(1u32..60, (arb_state(), any::<bool>()), 0..40)
+            .prop_map(|m| m.into_iter().map(|(i, (s, on))| view(i, s, on)).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn never_exceeds_bounds_and_indexes_stay_unique(
+            ds in arb_desktops(), target in 0u32..50, conc in 1u32..10, global in 0u32..20,
+        ) {
+            let mut i = input(target, &ds);
+            i.max_concurrent = conc;
+            i.global_slots = global;
+            let p = plan(&i);
+            let in_flight = ds.iter().filter(|d| d.state.is_provisioning()).count() as u32;
+            prop_assert!(p.create.is_empty() || in_flight + p.create.len() as u32 <= conc);
+            prop_assert!(p.create.len() as u32 <= global);
+            let used: BTreeSet<u32> = ds.iter().map(|d| d.index).collect();
+            let new: BTreeSet<u32> = p.create.iter().copied().collect();
+            prop_assert_eq!(new.len(), p.create.len());
+            prop_assert!(new.is_disjoint(&used));
+            // never both grow and shrink the counted set
+            let counted = ds.iter().filter(|d| d.state.counts_toward_size()).count() as u32;
+            let shrink = p.delete.iter().filter(|id| ds.iter().any(|d| d.id == **id && d.state.counts_toward_size())).count() as u32;
+            prop_assert!(p.create.is_empty() || shrink == 0);
+            prop_assert!(counted + (p.create.len() as u32) - shrink >= target.min(counted) );
+            // a powered-on ready desktop is only removed when no spare one is left
+            for id in &p.delete {
+                let d = ds.iter().find(|d| d.id == *id).unwrap();
+                if d.state == DesktopState::Ready && d.powered_on {
+                    let spared = ds.iter().filter(|o| !p.delete.contains(&o.id) && o.state.counts_toward_size() && !(o.state == DesktopState::Ready && o.powered_on)).count();
+                    prop_assert_eq!(spared, 0);
+                }
+            }
+        }
+
+        #[test]
+        fn converges_to_target(ds in arb_desktops(), target in 0u32..50, conc in 1u32..10) {
+            // Simulate passes: provisioning finishes, deletions finish, until nothing is left to do.
+            let mut world = ds;
+            for _ in 0..200 {
+                let p = plan(&PlanInput { max_concurrent: conc, ..input(target, &world) });
+                if p.is_empty() && world.iter().all(|d| !d.state.is_provisioning()) {
+                    break;
+                }
+                world.retain(|d| !p.delete.contains(&d.id) && d.state != DesktopState::Deleting);
+                for d in &mut world {
+                    if d.state.is_provisioning() {
+                        d.state = DesktopState::Ready;
+                        d.powered_on = true;
+                    }
+                }
+                world.extend(p.create.iter().map(|i| view(*i, DesktopState::Pending, false)));
+            }
+            let ready = world.iter().filter(|d| d.state == DesktopState::Ready).count() as u32;
+            prop_assert_eq!(ready, target);
+            prop_assert_eq!(world.len() as u32, target);
+        }
+    }
+}

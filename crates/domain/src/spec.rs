@@ -1,0 +1,373 @@
+//! The pool spec: what an admin asks for, validated before it is stored.
+
+use crate::naming::NamingPattern;
+
+/// Windows limits computer (NetBIOS) names to 15 characters.
+pub const WINDOWS_NAME_LIMIT: usize = 15;
+/// Largest pool deskpool accepts (a sanity bound, far above any single pool's real size).
+pub const MAX_POOL_SIZE: u32 = 10_000;
+/// Largest per-pool clone concurrency accepted.
+pub const MAX_CONCURRENT_CLONES: u32 = 256;
+
+/// The guest operating system family, which decides the name length limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum GuestOs {
+    /// Windows guests: names are limited to 15 characters.
+    #[default]
+    Windows,
+    /// Any other guest: names up to 63 characters.
+    Other,
+}
+
+/// A desktop pool as an admin defines it.
+///
+/// Inventory paths are relative to the datacenter's folders: `golden_vm` and `folder` below
+/// `<datacenter>/vm/`, `resource_pool` below `<datacenter>/host/` (a cluster or host name means
+/// its root resource pool), `datastore` below `<datacenter>/datastore/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Pool name: a lowercase slug (`[a-z0-9-]`, starting with a letter, at most 63 characters).
+    pub name: String,
+    /// Name of a vCenter connection from the configuration.
+    pub vcenter: String,
+    /// Datacenter name, e.g. `DC0`.
+    pub datacenter: String,
+    /// Golden VM path below `<datacenter>/vm/`, e.g. `golden` or `gold/win11`.
+    pub golden_vm: String,
+    /// `current`, or a snapshot path of names such as `base/v2`.
+    #[serde(default = "default_snapshot")]
+    pub snapshot: String,
+    /// Folder for the desktops, below `<datacenter>/vm/`.
+    pub folder: String,
+    /// Resource pool, cluster or host below `<datacenter>/host/`, e.g. `DC0_C0` or `DC0_C0/Resources/vdi`.
+    pub resource_pool: String,
+    /// Datastore below `<datacenter>/datastore/`; the golden VM's datastore when absent.
+    #[serde(default)]
+    pub datastore: Option<String>,
+    /// Name of a guest customization spec stored in vCenter.
+    #[serde(default)]
+    pub customization_spec: Option<String>,
+    /// Desktop naming pattern, e.g. `lab-{n:3}`.
+    pub naming_pattern: String,
+    /// Guest OS family; Windows limits names to 15 characters.
+    #[serde(default)]
+    pub guest_os: GuestOs,
+    /// Desired number of desktops.
+    pub target_size: u32,
+    /// Lowest target helpdesk may set.
+    #[serde(default)]
+    pub min_size: u32,
+    /// Highest target helpdesk may set.
+    pub max_size: u32,
+    /// Power desktops on once cloned.
+    #[serde(default = "default_true")]
+    pub power_on: bool,
+    /// At most this many clones of this pool in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_clones: u32,
+    /// A disabled (paused) pool is neither grown nor shrunk.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_snapshot() -> String {
+    "current".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_concurrency() -> u32 {
+    8
+}
+
+/// A spec field that fails validation, with a message that says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The offending field, as named in the API.
+    pub field: &'static str,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+fn err(field: &'static str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Whether `name` is a lowercase slug: `[a-z][a-z0-9-]*`, no trailing '-', 1..=63 characters.
+pub fn is_slug(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=63).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn check_path(field: &'static str, value: &str) -> Result<(), SpecError> {
+    if value.trim().is_empty() {
+        return Err(err(field, "must not be empty"));
+    }
+    if value.starts_with('/') || value.ends_with('/') || value.contains("//") {
+        return Err(err(
+            field,
+            format!("'{value}' must be a relative inventory path like 'a/b' (no leading, trailing or double '/')"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(err(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+impl PoolSpec {
+    /// The parsed naming pattern (valid once [`PoolSpec::validate`] passed).
+    pub fn naming(&self) -> Result<NamingPattern, SpecError> {
+        self.naming_pattern
+            .parse()
+            .map_err(|e: crate::NamingError| err("naming_pattern", e.to_string()))
+    }
+
+    /// The highest index the pool can hand out: the max size plus room for desktops still
+    /// being deleted while their replacements are made.
+    pub fn max_index(&self) -> u32 {
+        self.max_size.saturating_mul(2).max(1)
+    }
+
+    /// Checks every rule; the first broken one is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !is_slug(&self.name) {
+            return Err(err(
+                "name",
+                format!("'{}' is not a slug: use 1-63 lowercase letters, digits and '-', starting with a letter", self.name),
+            ));
+        }
+        if self.vcenter.trim().is_empty() {
+            return Err(err("vcenter", "must name a configured vCenter connection"));
+        }
+        check_path("datacenter", &self.datacenter)?;
+        check_path("golden_vm", &self.golden_vm)?;
+        check_path("folder", &self.folder)?;
+        check_path("resource_pool", &self.resource_pool)?;
+        if let Some(ds) = &self.datastore {
+            check_path("datastore", ds)?;
+        }
+        if let Some(cs) = &self.customization_spec {
+            if cs.trim().is_empty() {
+                return Err(err("customization_spec", "must not be empty when given"));
+            }
+        }
+        if self.snapshot != "current"
+            && (self.snapshot.is_empty()
+                || self.snapshot.split('/').any(|part| part.trim().is_empty()))
+        {
+            return Err(err(
+                "snapshot",
+                format!(
+                    "'{}' must be 'current' or a path of snapshot names like 'base/v2'",
+                    self.snapshot
+                ),
+            ));
+        }
+        let naming = self.naming()?;
+        if self.max_size == 0 {
+            return Err(err("max_size", "must be at least 1"));
+        }
+        if self.max_size > MAX_POOL_SIZE {
+            return Err(err("max_size", format!("must be at most {MAX_POOL_SIZE}")));
+        }
+        if self.min_size > self.max_size {
+            return Err(err(
+                "min_size",
+                format!("{} is above max_size {}", self.min_size, self.max_size),
+            ));
+        }
+        if self.target_size < self.min_size || self.target_size > self.max_size {
+            return Err(err(
+                "target_size",
+                format!(
+                    "{} is outside min_size..=max_size ({}..={})",
+                    self.target_size, self.min_size, self.max_size
+                ),
+            ));
+        }
+        if self.max_concurrent_clones == 0 || self.max_concurrent_clones > MAX_CONCURRENT_CLONES {
+            return Err(err(
+                "max_concurrent_clones",
+                format!("must be between 1 and {MAX_CONCURRENT_CLONES}"),
+            ));
+        }
+        let longest = naming.max_len(self.max_index());
+        let limit = match self.guest_os {
+            GuestOs::Windows => WINDOWS_NAME_LIMIT,
+            GuestOs::Other => 63,
+        };
+        if longest > limit {
+            let hint = match self.guest_os {
+                GuestOs::Windows => " (Windows computer names; set guest_os = \"other\" if the guests are not Windows)",
+                GuestOs::Other => "",
+            };
+            return Err(err(
+                "naming_pattern",
+                format!(
+                    "'{}' can produce names of {longest} characters (e.g. '{}'), over the limit of {limit}{hint}",
+                    self.naming_pattern,
+                    naming.render(self.max_index())
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that `target` is within the bounds helpdesk may set.
+    pub fn check_target(&self, target: u32) -> Result<(), SpecError> {
+        if target < self.min_size || target > self.max_size {
+            return Err(err(
+                "target_size",
+                format!(
+                    "{target} is outside this pool's bounds {}..={} (an admin can change min_size/max_size)",
+                    self.min_size, self.max_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Full inventory path of the golden VM.
+    pub fn golden_vm_path(&self) -> String {
+        format!("{}/vm/{}", self.datacenter, self.golden_vm)
+    }
+
+    /// Full inventory path of the desktops' folder.
+    pub fn folder_path(&self) -> String {
+        format!("{}/vm/{}", self.datacenter, self.folder)
+    }
+
+    /// Full inventory path of the resource pool, cluster or host.
+    pub fn resource_pool_path(&self) -> String {
+        format!("{}/host/{}", self.datacenter, self.resource_pool)
+    }
+
+    /// Full inventory path of the datastore, if one is set.
+    pub fn datastore_path(&self) -> Option<String> {
+        self.datastore
+            .as_ref()
+            .map(|ds| format!("{}/datastore/{ds}", self.datacenter))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A valid spec for tests.
+    pub fn sample() -> PoolSpec {
+        PoolSpec {
+            name: "lab".into(),
+            vcenter: "vc1".into(),
+            datacenter: "DC0".into(),
+            golden_vm: "golden".into(),
+            snapshot: "current".into(),
+            folder: "lab".into(),
+            resource_pool: "DC0_C0".into(),
+            datastore: Some("LocalDS_0".into()),
+            customization_spec: None,
+            naming_pattern: "lab-{n:3}".into(),
+            guest_os: GuestOs::Windows,
+            target_size: 5,
+            min_size: 0,
+            max_size: 50,
+            power_on: true,
+            max_concurrent_clones: 8,
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn sample_is_valid_and_paths_are_full() {
+        let s = sample();
+        s.validate().unwrap();
+        assert_eq!(s.golden_vm_path(), "DC0/vm/golden");
+        assert_eq!(s.folder_path(), "DC0/vm/lab");
+        assert_eq!(s.resource_pool_path(), "DC0/host/DC0_C0");
+        assert_eq!(s.datastore_path().unwrap(), "DC0/datastore/LocalDS_0");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        type Mutation = Box<dyn Fn(&mut PoolSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("name", Box::new(|s| s.name = "Lab".into())),
+            ("name", Box::new(|s| s.name = "lab-".into())),
+            ("name", Box::new(|s| s.name = "".into())),
+            ("vcenter", Box::new(|s| s.vcenter = " ".into())),
+            ("golden_vm", Box::new(|s| s.golden_vm = "/golden".into())),
+            ("folder", Box::new(|s| s.folder = "".into())),
+            ("datastore", Box::new(|s| s.datastore = Some("a//b".into()))),
+            ("snapshot", Box::new(|s| s.snapshot = "base//v2".into())),
+            (
+                "naming_pattern",
+                Box::new(|s| s.naming_pattern = "lab".into()),
+            ),
+            ("max_size", Box::new(|s| s.max_size = 0)),
+            ("min_size", Box::new(|s| s.min_size = 60)),
+            ("target_size", Box::new(|s| s.target_size = 51)),
+            (
+                "max_concurrent_clones",
+                Box::new(|s| s.max_concurrent_clones = 0),
+            ),
+            (
+                "naming_pattern",
+                Box::new(|s| s.naming_pattern = "engineering-{n:4}".into()),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut s = sample();
+            mutate(&mut s);
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn long_names_allowed_for_non_windows() {
+        let mut s = sample();
+        s.naming_pattern = "engineering-{n:4}".into();
+        let e = s.validate().unwrap_err();
+        assert!(e.message.contains("guest_os"), "{e}");
+        s.guest_os = GuestOs::Other;
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn index_headroom_counts_in_name_length() {
+        // 12-character prefix: max_size 400 -> indexes up to 800 -> 3 digits -> 15, fine;
+        // max_size 500 -> indexes up to 1000 -> 4 digits -> 16, over the Windows limit.
+        let mut s = sample();
+        s.naming_pattern = "desktops-pc-{n:3}".into();
+        s.max_size = 400;
+        s.validate().unwrap();
+        s.max_size = 500;
+        assert_eq!(s.validate().unwrap_err().field, "naming_pattern");
+    }
+
+    #[test]
+    fn spec_json_rejects_unknown_fields_and_fills_defaults() {
+        let json = r#"{"name":"lab","vcenter":"vc1","datacenter":"DC0","golden_vm":"golden",
+            "folder":"lab","resource_pool":"DC0_C0","naming_pattern":"lab-{n:3}",
+            "target_size":2,"max_size":10}"#;
+        let s: PoolSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(s.snapshot, "current");
+        assert!(s.power_on && s.enabled);
+        assert_eq!(s.max_concurrent_clones, 8);
+        let bad = json.replace("\"max_size\"", "\"bogus\":1,\"max_size\"");
+        assert!(serde_json::from_str::<PoolSpec>(&bad).is_err());
+    }
+}

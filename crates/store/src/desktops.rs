@@ -1,0 +1,265 @@
+//! Desktops: one row per desktop, created `pending` before any vCenter call.
+
+use chrono::{DateTime, Utc};
+use deskpool_domain::DesktopState;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{to_i32, to_u32, StoreError};
+
+/// A stored desktop.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Desktop {
+    /// Database id (also the `deskpool.desktop` marker on the VM).
+    pub id: Uuid,
+    /// Owning pool.
+    pub pool_id: Uuid,
+    /// VM name.
+    pub name: String,
+    /// Index in the pool's naming pattern.
+    pub index: u32,
+    /// The instance UUID given to the clone; finds the VM again after a crash.
+    pub instance_uuid: Uuid,
+    /// The VM's managed object id, once known.
+    pub vm_moref: Option<String>,
+    /// Lifecycle state.
+    pub state: DesktopState,
+    /// The last task started for this desktop (a hint).
+    pub task_moref: Option<String>,
+    /// The snapshot this desktop was cloned from.
+    pub snapshot_moref: Option<String>,
+    /// Last known power state.
+    pub powered_on: bool,
+    /// The last fault, for `failed` desktops.
+    pub last_error: Option<String>,
+    /// Row creation.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When the desktop became ready.
+    pub ready_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DesktopRow {
+    id: Uuid,
+    pool_id: Uuid,
+    name: String,
+    idx: i32,
+    instance_uuid: Uuid,
+    vm_moref: Option<String>,
+    state: String,
+    task_moref: Option<String>,
+    snapshot_moref: Option<String>,
+    powered_on: bool,
+    last_error: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    ready_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<DesktopRow> for Desktop {
+    type Error = StoreError;
+    fn try_from(r: DesktopRow) -> Result<Self, StoreError> {
+        Ok(Desktop {
+            state: r
+                .state
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("desktop {}: {e}", r.name)))?,
+            id: r.id,
+            pool_id: r.pool_id,
+            name: r.name,
+            index: to_u32(r.idx),
+            instance_uuid: r.instance_uuid,
+            vm_moref: r.vm_moref,
+            task_moref: r.task_moref,
+            snapshot_moref: r.snapshot_moref,
+            powered_on: r.powered_on,
+            last_error: r.last_error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            ready_at: r.ready_at,
+        })
+    }
+}
+
+fn convert(rows: Vec<DesktopRow>) -> Result<Vec<Desktop>, StoreError> {
+    rows.into_iter().map(Desktop::try_from).collect()
+}
+
+/// A new desktop, before any vCenter call.
+#[derive(Debug, Clone)]
+pub struct NewDesktop<'a> {
+    /// Owning pool.
+    pub pool_id: Uuid,
+    /// VM name.
+    pub name: &'a str,
+    /// Index in the naming pattern.
+    pub index: u32,
+    /// Instance UUID to give the clone.
+    pub instance_uuid: Uuid,
+    /// Snapshot the clone will be made from.
+    pub snapshot_moref: &'a str,
+}
+
+/// Inserts a `pending` desktop. Name, index or UUID clashes are `StoreError::Conflict`.
+pub async fn insert_pending(
+    conn: &mut PgConnection,
+    new: &NewDesktop<'_>,
+) -> Result<Desktop, StoreError> {
+    let row: DesktopRow = sqlx::query_as(
+        "INSERT INTO desktops (id, pool_id, name, idx, instance_uuid, state, snapshot_moref)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6) RETURNING *",
+    )
+    .bind(Uuid::new_v4())
+    .bind(new.pool_id)
+    .bind(new.name)
+    .bind(to_i32(new.index))
+    .bind(new.instance_uuid)
+    .bind(new.snapshot_moref)
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
+}
+
+/// Every desktop of a pool, by index.
+pub async fn list_for_pool(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+) -> Result<Vec<Desktop>, StoreError> {
+    let rows = sqlx::query_as("SELECT * FROM desktops WHERE pool_id = $1 ORDER BY idx")
+        .bind(pool_id)
+        .fetch_all(conn)
+        .await?;
+    convert(rows)
+}
+
+/// One page of a pool's desktops, by name, optionally filtered by state, after `after` (a
+/// name: keyset pagination).
+pub async fn page(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+    state: Option<DesktopState>,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Desktop>, StoreError> {
+    let rows = sqlx::query_as(
+        "SELECT * FROM desktops WHERE pool_id = $1 AND ($2::text IS NULL OR state = $2)
+             AND ($3::text IS NULL OR name > $3)
+         ORDER BY name LIMIT $4",
+    )
+    .bind(pool_id)
+    .bind(state.map(DesktopState::as_str))
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await?;
+    convert(rows)
+}
+
+/// A desktop of a pool by name.
+pub async fn get_by_name(
+    conn: &mut PgConnection,
+    pool_id: Uuid,
+    name: &str,
+) -> Result<Option<Desktop>, StoreError> {
+    let row: Option<DesktopRow> =
+        sqlx::query_as("SELECT * FROM desktops WHERE pool_id = $1 AND name = $2")
+            .bind(pool_id)
+            .bind(name)
+            .fetch_optional(conn)
+            .await?;
+    row.map(Desktop::try_from).transpose()
+}
+
+/// A desktop by id.
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Desktop>, StoreError> {
+    let row: Option<DesktopRow> = sqlx::query_as("SELECT * FROM desktops WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Desktop::try_from).transpose()
+}
+
+/// The fields the reconciler changes as a desktop moves along.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// New state.
+    pub state: DesktopState,
+    /// VM moref, when known (None keeps the stored value).
+    pub vm_moref: Option<String>,
+    /// Task moref of the step just started (None keeps the stored value).
+    pub task_moref: Option<String>,
+    /// Power state.
+    pub powered_on: bool,
+    /// Fault text (None clears it).
+    pub last_error: Option<String>,
+}
+
+/// Records a desktop's progress. A desktop already in `deleting` stays there (a helpdesk
+/// delete wins over a clone finishing at the same time). Returns the stored row, or None if
+/// the desktop is gone.
+pub async fn set_progress(
+    conn: &mut PgConnection,
+    id: Uuid,
+    p: &Progress,
+) -> Result<Option<Desktop>, StoreError> {
+    let row: Option<DesktopRow> = sqlx::query_as(
+        "UPDATE desktops SET
+             state = CASE WHEN state = 'deleting' THEN state ELSE $2 END,
+             vm_moref = COALESCE($3, vm_moref), task_moref = COALESCE($4, task_moref),
+             powered_on = $5, last_error = $6, updated_at = now(),
+             ready_at = CASE WHEN $2 = 'ready' AND ready_at IS NULL THEN now() ELSE ready_at END
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(p.state.as_str())
+    .bind(&p.vm_moref)
+    .bind(&p.task_moref)
+    .bind(p.powered_on)
+    .bind(&p.last_error)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Desktop::try_from).transpose()
+}
+
+/// Moves desktops to `deleting`. Returns how many changed.
+pub async fn mark_deleting(conn: &mut PgConnection, ids: &[Uuid]) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE desktops SET state = 'deleting', updated_at = now()
+         WHERE id = ANY($1) AND state <> 'deleting'",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Removes a desktop row (its VM is gone).
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM desktops WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Desktop counts by pool name and state, for metrics.
+pub async fn counts_by_state(
+    conn: &mut PgConnection,
+) -> Result<Vec<(String, DesktopState, u64)>, StoreError> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT p.name, d.state, count(*) FROM desktops d JOIN pools p ON p.id = d.pool_id
+         GROUP BY p.name, d.state ORDER BY p.name, d.state",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(pool, state, n)| {
+            let state = state
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("desktop state: {e}")))?;
+            Ok((pool, state, u64::try_from(n).unwrap_or(0)))
+        })
+        .collect()
+}

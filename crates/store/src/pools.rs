@@ -1,0 +1,400 @@
+//! Pools: the admin's spec plus the reconciler's status.
+
+use chrono::{DateTime, Utc};
+use deskpool_domain::{GuestOs, PoolSpec, PoolState};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{to_i32, to_u32, StoreError};
+
+/// A stored pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    /// Database id.
+    pub id: Uuid,
+    /// The spec as last written.
+    pub spec: PoolSpec,
+    /// Provisioning condition.
+    pub state: PoolState,
+    /// Why the pool is in `error` or `stopped`, or the last transient problem.
+    pub last_error: Option<String>,
+    /// Clone failures in a row (reset by a success).
+    pub consecutive_failures: u32,
+    /// The snapshot moref `spec.snapshot` last resolved to.
+    pub snapshot_moref: Option<String>,
+    /// Bumped on every spec change; the API's ETag.
+    pub version: i64,
+    /// When the pool was defined.
+    pub created_at: DateTime<Utc>,
+    /// Last change of spec or status.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Desktop counts of one pool, by lifecycle bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolCounts {
+    /// Desktops in `ready`.
+    pub ready: u32,
+    /// Desktops in `pending`, `cloning` or `powering_on`.
+    pub provisioning: u32,
+    /// Desktops in `failed`.
+    pub failed: u32,
+    /// Desktops in `deleting`.
+    pub deleting: u32,
+}
+
+#[derive(sqlx::FromRow)]
+struct PoolRow {
+    id: Uuid,
+    name: String,
+    vcenter: String,
+    datacenter: String,
+    golden_vm: String,
+    snapshot: String,
+    folder: String,
+    resource_pool: String,
+    datastore: Option<String>,
+    customization_spec: Option<String>,
+    naming_pattern: String,
+    guest_os: String,
+    target_size: i32,
+    min_size: i32,
+    max_size: i32,
+    power_on: bool,
+    max_concurrent_clones: i32,
+    enabled: bool,
+    state: String,
+    last_error: Option<String>,
+    consecutive_failures: i32,
+    snapshot_moref: Option<String>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<PoolRow> for Pool {
+    type Error = StoreError;
+
+    fn try_from(r: PoolRow) -> Result<Self, StoreError> {
+        let guest_os = match r.guest_os.as_str() {
+            "windows" => GuestOs::Windows,
+            "other" => GuestOs::Other,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "pool {}: guest_os '{other}'",
+                    r.name
+                )))
+            }
+        };
+        let state = r
+            .state
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("pool {}: {e}", r.name)))?;
+        Ok(Pool {
+            id: r.id,
+            spec: PoolSpec {
+                name: r.name,
+                vcenter: r.vcenter,
+                datacenter: r.datacenter,
+                golden_vm: r.golden_vm,
+                snapshot: r.snapshot,
+                folder: r.folder,
+                resource_pool: r.resource_pool,
+                datastore: r.datastore,
+                customization_spec: r.customization_spec,
+                naming_pattern: r.naming_pattern,
+                guest_os,
+                target_size: to_u32(r.target_size),
+                min_size: to_u32(r.min_size),
+                max_size: to_u32(r.max_size),
+                power_on: r.power_on,
+                max_concurrent_clones: to_u32(r.max_concurrent_clones),
+                enabled: r.enabled,
+            },
+            state,
+            last_error: r.last_error,
+            consecutive_failures: to_u32(r.consecutive_failures),
+            snapshot_moref: r.snapshot_moref,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+fn guest_os_str(g: GuestOs) -> &'static str {
+    match g {
+        GuestOs::Windows => "windows",
+        GuestOs::Other => "other",
+    }
+}
+
+fn not_found(name: &str) -> StoreError {
+    StoreError::NotFound {
+        what: "pool",
+        name: name.to_owned(),
+    }
+}
+
+/// Inserts a new pool. The caller validates the spec first; the database re-checks names and
+/// size bounds. A taken name is `StoreError::Conflict` on `pools_name_key`.
+pub async fn insert(conn: &mut PgConnection, spec: &PoolSpec) -> Result<Pool, StoreError> {
+    let row: PoolRow = sqlx::query_as(
+        "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
+             datastore, customization_spec, naming_pattern, guest_os, target_size, min_size, max_size,
+             power_on, max_concurrent_clones, enabled)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+         RETURNING *",
+    )
+    .bind(Uuid::new_v4())
+    .bind(&spec.name)
+    .bind(&spec.vcenter)
+    .bind(&spec.datacenter)
+    .bind(&spec.golden_vm)
+    .bind(&spec.snapshot)
+    .bind(&spec.folder)
+    .bind(&spec.resource_pool)
+    .bind(&spec.datastore)
+    .bind(&spec.customization_spec)
+    .bind(&spec.naming_pattern)
+    .bind(guest_os_str(spec.guest_os))
+    .bind(to_i32(spec.target_size))
+    .bind(to_i32(spec.min_size))
+    .bind(to_i32(spec.max_size))
+    .bind(spec.power_on)
+    .bind(to_i32(spec.max_concurrent_clones))
+    .bind(spec.enabled)
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
+}
+
+/// The pool named `name`, if any.
+pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<Pool>, StoreError> {
+    let row: Option<PoolRow> = sqlx::query_as("SELECT * FROM pools WHERE name = $1")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Pool::try_from).transpose()
+}
+
+/// The pool with database id `id`, if any.
+pub async fn get_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Pool>, StoreError> {
+    let row: Option<PoolRow> = sqlx::query_as("SELECT * FROM pools WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Pool::try_from).transpose()
+}
+
+/// Every pool, by name.
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<Pool>, StoreError> {
+    let rows: Vec<PoolRow> = sqlx::query_as("SELECT * FROM pools ORDER BY name")
+        .fetch_all(conn)
+        .await?;
+    rows.into_iter().map(Pool::try_from).collect()
+}
+
+/// Desktop counts for every pool that has desktops, keyed by pool id.
+pub async fn counts(
+    conn: &mut PgConnection,
+) -> Result<std::collections::HashMap<Uuid, PoolCounts>, StoreError> {
+    let rows: Vec<(Uuid, String, i64)> =
+        sqlx::query_as("SELECT pool_id, state, count(*) FROM desktops GROUP BY pool_id, state")
+            .fetch_all(conn)
+            .await?;
+    let mut out = std::collections::HashMap::new();
+    for (pool, state, n) in rows {
+        let c: &mut PoolCounts = out.entry(pool).or_default();
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        match state.as_str() {
+            "ready" => c.ready += n,
+            "failed" => c.failed += n,
+            "deleting" => c.deleting += n,
+            _ => c.provisioning += n,
+        }
+    }
+    Ok(out)
+}
+
+/// Locks the pool row and checks the caller's expected version.
+async fn lock_checked(
+    conn: &mut PgConnection,
+    name: &str,
+    expected_version: Option<i64>,
+) -> Result<Pool, StoreError> {
+    let row: Option<PoolRow> = sqlx::query_as("SELECT * FROM pools WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let pool: Pool = row.ok_or_else(|| not_found(name))?.try_into()?;
+    if let Some(v) = expected_version {
+        if v != pool.version {
+            return Err(StoreError::VersionMismatch {
+                current: pool.version,
+            });
+        }
+    }
+    Ok(pool)
+}
+
+/// Replaces the spec of pool `name` (whose name must stay the same). With `expected_version`,
+/// refuses with `VersionMismatch` if the pool changed since. A pool in `error` goes back to
+/// `ok`: a spec change is what an error waits for.
+pub async fn update_spec(
+    conn: &mut PgConnection,
+    name: &str,
+    spec: &PoolSpec,
+    expected_version: Option<i64>,
+) -> Result<Pool, StoreError> {
+    let current = lock_checked(conn, name, expected_version).await?;
+    if current.state == PoolState::Deleting {
+        return Err(StoreError::Invalid {
+            constraint: "pools_state".into(),
+            message: format!("pool '{name}' is being deleted"),
+        });
+    }
+    let row: PoolRow = sqlx::query_as(
+        "UPDATE pools SET vcenter = $2, datacenter = $3, golden_vm = $4, snapshot = $5, folder = $6,
+             resource_pool = $7, datastore = $8, customization_spec = $9, naming_pattern = $10,
+             guest_os = $11, target_size = $12, min_size = $13, max_size = $14, power_on = $15,
+             max_concurrent_clones = $16, enabled = $17,
+             state = CASE WHEN state = 'error' THEN 'ok' ELSE state END,
+             last_error = CASE WHEN state = 'error' THEN NULL ELSE last_error END,
+             snapshot_moref = CASE WHEN snapshot = $5 AND golden_vm = $4 AND vcenter = $2
+                                   AND datacenter = $3 THEN snapshot_moref END,
+             version = version + 1, updated_at = now()
+         WHERE name = $1 RETURNING *",
+    )
+    .bind(name)
+    .bind(&spec.vcenter)
+    .bind(&spec.datacenter)
+    .bind(&spec.golden_vm)
+    .bind(&spec.snapshot)
+    .bind(&spec.folder)
+    .bind(&spec.resource_pool)
+    .bind(&spec.datastore)
+    .bind(&spec.customization_spec)
+    .bind(&spec.naming_pattern)
+    .bind(guest_os_str(spec.guest_os))
+    .bind(to_i32(spec.target_size))
+    .bind(to_i32(spec.min_size))
+    .bind(to_i32(spec.max_size))
+    .bind(spec.power_on)
+    .bind(to_i32(spec.max_concurrent_clones))
+    .bind(spec.enabled)
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
+}
+
+/// Sets the target size (the database re-checks `min_size <= target <= max_size`).
+pub async fn set_target(
+    conn: &mut PgConnection,
+    name: &str,
+    target: u32,
+    expected_version: Option<i64>,
+) -> Result<Pool, StoreError> {
+    lock_checked(conn, name, expected_version).await?;
+    let row: PoolRow = sqlx::query_as(
+        "UPDATE pools SET target_size = $2, version = version + 1, updated_at = now()
+         WHERE name = $1 RETURNING *",
+    )
+    .bind(name)
+    .bind(to_i32(target))
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
+}
+
+/// Pauses (`enabled = false`) or resumes a pool. Resuming also clears `error` and `stopped`
+/// and the failure count, as Horizon's "resume provisioning" does.
+pub async fn set_enabled(
+    conn: &mut PgConnection,
+    name: &str,
+    enabled: bool,
+) -> Result<Pool, StoreError> {
+    let row: Option<PoolRow> = sqlx::query_as(
+        "UPDATE pools SET enabled = $2,
+             state = CASE WHEN $2 AND state IN ('error', 'stopped') THEN 'ok' ELSE state END,
+             last_error = CASE WHEN $2 AND state IN ('error', 'stopped') THEN NULL ELSE last_error END,
+             consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures END,
+             version = version + 1, updated_at = now()
+         WHERE name = $1 RETURNING *",
+    )
+    .bind(name)
+    .bind(enabled)
+    .fetch_optional(conn)
+    .await?;
+    row.ok_or_else(|| not_found(name))?.try_into()
+}
+
+/// Marks a pool for deletion; the reconciler removes its desktops, then the row.
+pub async fn mark_deleting(conn: &mut PgConnection, name: &str) -> Result<Pool, StoreError> {
+    let row: Option<PoolRow> = sqlx::query_as(
+        "UPDATE pools SET state = 'deleting', version = version + 1, updated_at = now()
+         WHERE name = $1 RETURNING *",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    row.ok_or_else(|| not_found(name))?.try_into()
+}
+
+/// Removes a pool row that is being deleted and has no desktops left. Returns false when the
+/// pool still has desktops or is not being deleted.
+pub async fn delete_if_empty(conn: &mut PgConnection, id: Uuid) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM pools p WHERE p.id = $1 AND p.state = 'deleting'
+             AND NOT EXISTS (SELECT 1 FROM desktops d WHERE d.pool_id = p.id)",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The reconciler's view of a pool's condition. Never leaves `deleting`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// New state.
+    pub state: PoolState,
+    /// Message for `error` / `stopped`, or the last transient problem.
+    pub last_error: Option<String>,
+    /// Clone failures in a row.
+    pub consecutive_failures: u32,
+}
+
+/// Records the reconciler's status for a pool (no version bump: status is not spec).
+pub async fn set_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: &Status,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE pools SET state = CASE WHEN state = 'deleting' THEN state ELSE $2 END,
+             last_error = $3, consecutive_failures = $4, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status.state.as_str())
+    .bind(&status.last_error)
+    .bind(to_i32(status.consecutive_failures))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records which snapshot moref the pool's `snapshot` resolved to.
+pub async fn set_snapshot_moref(
+    conn: &mut PgConnection,
+    id: Uuid,
+    moref: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE pools SET snapshot_moref = $2 WHERE id = $1")
+        .bind(id)
+        .bind(moref)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,618 @@
+//! Every store query against a real PostgreSQL: each test gets its own migrated database
+//! (`#[sqlx::test]`, needs DATABASE_URL).
+
+use std::time::Duration;
+
+use deskpool_domain::{DesktopState, EventKind, GuestOs, PoolSpec, PoolState};
+use deskpool_store::desktops::{self, NewDesktop, Progress};
+use deskpool_store::pools::{self, Status};
+use deskpool_store::tokens::{self, Role};
+use deskpool_store::{events, lease, StoreError};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn spec(name: &str) -> PoolSpec {
+    PoolSpec {
+        name: name.into(),
+        vcenter: "vc1".into(),
+        datacenter: "DC0".into(),
+        golden_vm: "golden".into(),
+        snapshot: "current".into(),
+        folder: name.into(),
+        resource_pool: "DC0_C0".into(),
+        datastore: None,
+        customization_spec: Some("win11".into()),
+        naming_pattern: format!("{name}-{{n:3}}"),
+        guest_os: GuestOs::Windows,
+        target_size: 2,
+        min_size: 1,
+        max_size: 10,
+        power_on: true,
+        max_concurrent_clones: 8,
+        enabled: true,
+    }
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn pool_crud_round_trips(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    assert_eq!(p.spec, spec("lab"));
+    assert_eq!(p.state, PoolState::Ok);
+    assert_eq!(p.version, 1);
+    assert_eq!(pools::get(&mut c, "lab").await.unwrap().unwrap(), p);
+    assert_eq!(pools::get_by_id(&mut c, p.id).await.unwrap().unwrap(), p);
+    assert!(pools::get(&mut c, "nope").await.unwrap().is_none());
+    pools::insert(&mut c, &spec("alpha")).await.unwrap();
+    let names: Vec<_> = pools::list(&mut c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.spec.name)
+        .collect();
+    assert_eq!(names, ["alpha", "lab"]);
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn database_enforces_names_and_bounds(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    pools::insert(&mut c, &spec("lab")).await.unwrap();
+    let dup = pools::insert(&mut c, &spec("lab")).await.unwrap_err();
+    assert!(
+        matches!(&dup, StoreError::Conflict { constraint, .. } if constraint == "pools_name_key"),
+        "{dup:?}"
+    );
+    let mut bad = spec("Bad_Name");
+    bad.folder = "x".into();
+    assert!(matches!(
+        pools::insert(&mut c, &bad).await.unwrap_err(),
+        StoreError::Invalid { .. }
+    ));
+    let mut out = spec("out");
+    out.target_size = 11;
+    let e = pools::insert(&mut c, &out).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Invalid { constraint, .. } if constraint == "pools_size_bounds"),
+        "{e:?}"
+    );
+    // target outside bounds through set_target is refused by the database too
+    let e = pools::set_target(&mut c, "lab", 50, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Invalid { .. }), "{e:?}");
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn spec_updates_check_versions(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    let p2 = pools::set_target(&mut c, "lab", 5, Some(p.version))
+        .await
+        .unwrap();
+    assert_eq!((p2.spec.target_size, p2.version), (5, 2));
+    let stale = pools::set_target(&mut c, "lab", 6, Some(p.version))
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::VersionMismatch { current: 2 }));
+    let mut s = spec("lab");
+    s.snapshot = "base/v2".into();
+    s.max_size = 20;
+    let p3 = pools::update_spec(&mut c, "lab", &s, None).await.unwrap();
+    assert_eq!((p3.spec.snapshot.as_str(), p3.version), ("base/v2", 3));
+    assert!(matches!(
+        pools::update_spec(&mut c, "lab", &s, Some(1))
+            .await
+            .unwrap_err(),
+        StoreError::VersionMismatch { current: 3 }
+    ));
+    assert!(matches!(
+        pools::set_target(&mut c, "ghost", 1, None)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    let err = Status {
+        state: PoolState::Error,
+        last_error: Some("snapshot gone".into()),
+        consecutive_failures: 0,
+    };
+    pools::set_status(&mut c, p.id, &err).await.unwrap();
+    pools::set_snapshot_moref(&mut c, p.id, "snapshot-1")
+        .await
+        .unwrap();
+    let got = pools::get(&mut c, "lab").await.unwrap().unwrap();
+    assert_eq!(
+        (got.state, got.last_error.as_deref()),
+        (PoolState::Error, Some("snapshot gone"))
+    );
+    assert_eq!(got.version, 1, "status is not spec: no version bump");
+    // a spec change clears an error
+    let fixed = pools::update_spec(&mut c, "lab", &spec("lab"), None)
+        .await
+        .unwrap();
+    assert_eq!((fixed.state, fixed.last_error), (PoolState::Ok, None));
+    assert_eq!(
+        fixed.snapshot_moref.as_deref(),
+        Some("snapshot-1"),
+        "same snapshot selector keeps the moref"
+    );
+    // stopped is cleared by resume only
+    let stopped = Status {
+        state: PoolState::Stopped,
+        last_error: Some("3 failures".into()),
+        consecutive_failures: 3,
+    };
+    pools::set_status(&mut c, p.id, &stopped).await.unwrap();
+    let paused = pools::set_enabled(&mut c, "lab", false).await.unwrap();
+    assert!(!paused.spec.enabled);
+    assert_eq!(paused.state, PoolState::Stopped);
+    let resumed = pools::set_enabled(&mut c, "lab", true).await.unwrap();
+    assert_eq!(
+        (resumed.state, resumed.consecutive_failures),
+        (PoolState::Ok, 0)
+    );
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn deleting_pool_goes_once_empty(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    let d = desktops::insert_pending(
+        &mut c,
+        &NewDesktop {
+            pool_id: p.id,
+            name: "lab-001",
+            index: 1,
+            instance_uuid: Uuid::new_v4(),
+            snapshot_moref: "snapshot-1",
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !pools::delete_if_empty(&mut c, p.id).await.unwrap(),
+        "not deleting yet"
+    );
+    pools::mark_deleting(&mut c, "lab").await.unwrap();
+    let ok = Status {
+        state: PoolState::Ok,
+        last_error: None,
+        consecutive_failures: 0,
+    };
+    pools::set_status(&mut c, p.id, &ok).await.unwrap();
+    assert_eq!(
+        pools::get(&mut c, "lab").await.unwrap().unwrap().state,
+        PoolState::Deleting,
+        "status never leaves deleting"
+    );
+    assert!(pools::update_spec(&mut c, "lab", &spec("lab"), None)
+        .await
+        .is_err());
+    assert!(
+        !pools::delete_if_empty(&mut c, p.id).await.unwrap(),
+        "still has a desktop"
+    );
+    desktops::delete(&mut c, d.id).await.unwrap();
+    assert!(pools::delete_if_empty(&mut c, p.id).await.unwrap());
+    assert!(pools::get(&mut c, "lab").await.unwrap().is_none());
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn desktop_lifecycle_and_counts(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    let uuid = Uuid::new_v4();
+    let d = desktops::insert_pending(
+        &mut c,
+        &NewDesktop {
+            pool_id: p.id,
+            name: "lab-001",
+            index: 1,
+            instance_uuid: uuid,
+            snapshot_moref: "snapshot-1",
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (d.state, d.instance_uuid, d.snapshot_moref.as_deref()),
+        (DesktopState::Pending, uuid, Some("snapshot-1"))
+    );
+    // unique name, index and uuid
+    for (name, index, u) in [
+        ("lab-001", 2, Uuid::new_v4()),
+        ("lab-002", 1, Uuid::new_v4()),
+        ("lab-003", 3, uuid),
+    ] {
+        let e = desktops::insert_pending(
+            &mut c,
+            &NewDesktop {
+                pool_id: p.id,
+                name,
+                index,
+                instance_uuid: u,
+                snapshot_moref: "s",
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict { .. }), "{e:?}");
+    }
+    let cloning = desktops::set_progress(
+        &mut c,
+        d.id,
+        &Progress {
+            state: DesktopState::Cloning,
+            vm_moref: None,
+            task_moref: Some("task-1".into()),
+            powered_on: false,
+            last_error: None,
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(cloning.task_moref.as_deref(), Some("task-1"));
+    let ready = desktops::set_progress(
+        &mut c,
+        d.id,
+        &Progress {
+            state: DesktopState::Ready,
+            vm_moref: Some("vm-9".into()),
+            task_moref: None,
+            powered_on: true,
+            last_error: None,
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (
+            ready.state,
+            ready.vm_moref.as_deref(),
+            ready.task_moref.as_deref()
+        ),
+        (DesktopState::Ready, Some("vm-9"), Some("task-1"))
+    );
+    assert!(ready.ready_at.is_some());
+    let d2 = desktops::insert_pending(
+        &mut c,
+        &NewDesktop {
+            pool_id: p.id,
+            name: "lab-002",
+            index: 2,
+            instance_uuid: Uuid::new_v4(),
+            snapshot_moref: "s",
+        },
+    )
+    .await
+    .unwrap();
+    let counts = pools::counts(&mut c).await.unwrap();
+    assert_eq!((counts[&p.id].ready, counts[&p.id].provisioning), (1, 1));
+    assert_eq!(desktops::mark_deleting(&mut c, &[d2.id]).await.unwrap(), 1);
+    assert_eq!(
+        desktops::mark_deleting(&mut c, &[d2.id]).await.unwrap(),
+        0,
+        "already deleting"
+    );
+    // progress never pulls a desktop out of deleting
+    let still = desktops::set_progress(
+        &mut c,
+        d2.id,
+        &Progress {
+            state: DesktopState::Ready,
+            vm_moref: None,
+            task_moref: None,
+            powered_on: true,
+            last_error: None,
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(still.state, DesktopState::Deleting);
+    let by_state = desktops::counts_by_state(&mut c).await.unwrap();
+    assert_eq!(
+        by_state,
+        vec![
+            ("lab".to_owned(), DesktopState::Deleting, 1),
+            ("lab".to_owned(), DesktopState::Ready, 1)
+        ]
+    );
+    let all = desktops::list_for_pool(&mut c, p.id).await.unwrap();
+    assert_eq!(all.iter().map(|d| d.index).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        desktops::get_by_name(&mut c, p.id, "lab-002")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        d2.id
+    );
+    assert_eq!(
+        desktops::get(&mut c, d.id).await.unwrap().unwrap().name,
+        "lab-001"
+    );
+    assert!(desktops::delete(&mut c, d2.id).await.unwrap());
+    assert!(!desktops::delete(&mut c, d2.id).await.unwrap());
+    assert!(desktops::set_progress(
+        &mut c,
+        d2.id,
+        &Progress {
+            state: DesktopState::Ready,
+            vm_moref: None,
+            task_moref: None,
+            powered_on: true,
+            last_error: None
+        }
+    )
+    .await
+    .unwrap()
+    .is_none());
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn desktop_pages_by_name_and_state(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    for i in 1..=5u32 {
+        let d = desktops::insert_pending(
+            &mut c,
+            &NewDesktop {
+                pool_id: p.id,
+                name: &format!("lab-{i:03}"),
+                index: i,
+                instance_uuid: Uuid::new_v4(),
+                snapshot_moref: "s",
+            },
+        )
+        .await
+        .unwrap();
+        if i % 2 == 0 {
+            desktops::set_progress(
+                &mut c,
+                d.id,
+                &Progress {
+                    state: DesktopState::Ready,
+                    vm_moref: None,
+                    task_moref: None,
+                    powered_on: true,
+                    last_error: None,
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let first = desktops::page(&mut c, p.id, None, None, 2).await.unwrap();
+    assert_eq!(
+        first.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        ["lab-001", "lab-002"]
+    );
+    let next = desktops::page(&mut c, p.id, None, Some("lab-002"), 10)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 3);
+    let ready = desktops::page(&mut c, p.id, Some(DesktopState::Ready), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(ready.iter().map(|d| d.index).collect::<Vec<_>>(), [2, 4]);
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn events_newest_first_with_cursor(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let mut ids = vec![];
+    for (i, pool) in ["a", "b", "a", "a"].iter().enumerate() {
+        let msg = format!("event {i}");
+        ids.push(
+            events::record(
+                &mut c,
+                &events::NewEvent {
+                    pool: Some(pool),
+                    desktop: None,
+                    actor: "alice",
+                    kind: EventKind::PoolResized,
+                    message: &msg,
+                },
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let all = events::list(
+        &mut c,
+        &events::Filter {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids.iter().rev().copied().collect::<Vec<_>>()
+    );
+    assert_eq!(all[0].kind, "pool_resized");
+    let a = events::list(
+        &mut c,
+        &events::Filter {
+            pool: Some("a"),
+            limit: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["event 3", "event 2"]
+    );
+    let rest = events::list(
+        &mut c,
+        &events::Filter {
+            pool: Some("a"),
+            before: Some(a[1].id),
+            limit: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["event 0"]
+    );
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert!(events::list(
+        &mut c,
+        &events::Filter {
+            since: Some(future),
+            limit: 10,
+            ..Default::default()
+        }
+    )
+    .await
+    .unwrap()
+    .is_empty());
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn tokens_store_only_hashes(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let (t, secret) = tokens::create(&mut c, "alice", Role::Helpdesk)
+        .await
+        .unwrap();
+    assert!(secret.starts_with("dpt_") && secret.len() == 68);
+    let stored: Vec<u8> = sqlx::query_scalar("SELECT secret_hash FROM api_tokens")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert_eq!(stored, tokens::hash_secret(&secret));
+    let dump: String = sqlx::query_scalar("SELECT row_to_json(t)::text FROM api_tokens t")
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+    assert!(!dump.contains(&secret[4..]), "secret stored in clear");
+    let got = tokens::authenticate(&mut c, &secret)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.id, got.role), (t.id, Role::Helpdesk));
+    assert!(tokens::authenticate(&mut c, "dpt_wrong")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        tokens::create(&mut c, "alice", Role::Admin)
+            .await
+            .unwrap_err(),
+        StoreError::Conflict { .. }
+    ));
+    assert!(tokens::create(&mut c, " ", Role::Admin).await.is_err());
+    tokens::revoke(&mut c, "alice").await.unwrap();
+    assert!(tokens::authenticate(&mut c, &secret)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        tokens::revoke(&mut c, "alice").await.unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+    // the name is free again once revoked
+    tokens::create(&mut c, "alice", Role::Viewer).await.unwrap();
+    let list = tokens::list(&mut c).await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list[0].revoked_at.is_none() && list[1].revoked_at.is_some());
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn lease_fences_a_stale_leader(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let ttl = Duration::from_secs(15);
+    let a = lease::acquire(&mut c, "reconciler", "a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.token, 1);
+    assert!(
+        lease::acquire(&mut c, "reconciler", "b", ttl)
+            .await
+            .unwrap()
+            .is_none(),
+        "held by a"
+    );
+    assert_eq!(
+        lease::acquire(&mut c, "reconciler", "a", ttl)
+            .await
+            .unwrap()
+            .unwrap()
+            .token,
+        1,
+        "renewal keeps the token"
+    );
+    assert!(lease::renew(&mut c, &a, ttl).await.unwrap());
+    lease::check(&mut c, &a).await.unwrap();
+    // a's lease runs out: b takes over with a new token and a is fenced
+    sqlx::query("UPDATE leases SET expires_at = now() - interval '1 second'")
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    let b = lease::acquire(&mut c, "reconciler", "b", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.token, 2);
+    assert!(matches!(
+        lease::check(&mut c, &a).await.unwrap_err(),
+        StoreError::Fenced { token: 1 }
+    ));
+    assert!(!lease::renew(&mut c, &a, ttl).await.unwrap());
+    assert_eq!(
+        lease::holder(&mut c, "reconciler")
+            .await
+            .unwrap()
+            .unwrap()
+            .owner,
+        "b"
+    );
+    lease::release(&mut c, &b).await.unwrap();
+    assert!(lease::check(&mut c, &b).await.is_err());
+    let a2 = lease::acquire(&mut c, "reconciler", "a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a2.token, 3);
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn spec_changes_notify_listeners(db: PgPool) {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db).await.unwrap();
+    listener.listen(deskpool_store::POOL_CHANNEL).await.unwrap();
+    let mut c = db.acquire().await.unwrap();
+    pools::insert(&mut c, &spec("lab")).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.payload(), "lab");
+    pools::set_target(&mut c, "lab", 3, None).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.payload(), "lab");
+    deskpool_store::notify_pool(&mut c, "other").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.payload(), "other");
+}
