@@ -11,7 +11,7 @@ mod state;
 
 pub use naming::{NamingError, NamingPattern};
 pub use plan::{plan, DesktopView, Plan, PlanInput};
-pub use spec::{GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
+pub use spec::{is_slug, GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
 pub use state::{DesktopState, EventKind, PoolState, UnknownState};
 
 /// Key of the extraConfig marker naming the pool that owns a VM.

@@ -194,11 +194,14 @@ pub struct Progress {
     pub powered_on: bool,
     /// Fault text (None clears it).
     pub last_error: Option<String>,
+    /// The snapshot the clone is made from (None keeps the stored value).
+    pub snapshot_moref: Option<String>,
 }
 
 /// Records a desktop's progress. A desktop already in `deleting` stays there (a helpdesk
-/// delete wins over a clone finishing at the same time). Returns the stored row, or None if
-/// the desktop is gone.
+/// delete wins over a clone finishing at the same time). Reaching `ready`, `failed` or
+/// `pending` clears the task moref (the task has ended, and finished tasks soon vanish). Returns the stored row, or None if the
+/// desktop is gone.
 pub async fn set_progress(
     conn: &mut PgConnection,
     id: Uuid,
@@ -207,7 +210,10 @@ pub async fn set_progress(
     let row: Option<DesktopRow> = sqlx::query_as(
         "UPDATE desktops SET
              state = CASE WHEN state = 'deleting' THEN state ELSE $2 END,
-             vm_moref = COALESCE($3, vm_moref), task_moref = COALESCE($4, task_moref),
+             vm_moref = COALESCE($3, vm_moref),
+             task_moref = CASE WHEN $2 IN ('ready', 'failed', 'pending') THEN NULL
+                          ELSE COALESCE($4, task_moref) END,
+             snapshot_moref = COALESCE($7, snapshot_moref),
              powered_on = $5, last_error = $6, updated_at = now(),
              ready_at = CASE WHEN $2 = 'ready' AND ready_at IS NULL THEN now() ELSE ready_at END
          WHERE id = $1 RETURNING *",
@@ -218,6 +224,7 @@ pub async fn set_progress(
     .bind(&p.task_moref)
     .bind(p.powered_on)
     .bind(&p.last_error)
+    .bind(&p.snapshot_moref)
     .fetch_optional(conn)
     .await?;
     row.map(Desktop::try_from).transpose()

@@ -398,3 +398,39 @@ pub async fn set_snapshot_moref(
         .await?;
     Ok(())
 }
+
+/// Counts a clone outcome: a success resets the pool's consecutive failure count, a failure
+/// adds one. Returns the new count.
+pub async fn record_clone_outcome(
+    conn: &mut PgConnection,
+    id: Uuid,
+    success: bool,
+) -> Result<u32, StoreError> {
+    let (n,): (i32,) = sqlx::query_as(
+        "UPDATE pools SET consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures + 1 END
+         WHERE id = $1 RETURNING consecutive_failures",
+    )
+    .bind(id)
+    .bind(success)
+    .fetch_one(conn)
+    .await?;
+    Ok(to_u32(n))
+}
+
+/// Sets the message shown with a pool that is otherwise `ok` (a transient problem such as an
+/// unreachable vCenter), or clears it with None. Leaves pools in any other state untouched.
+pub async fn set_note(
+    conn: &mut PgConnection,
+    id: Uuid,
+    note: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE pools SET last_error = $2, updated_at = now()
+         WHERE id = $1 AND state = 'ok' AND last_error IS DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(note)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

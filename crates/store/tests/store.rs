@@ -132,6 +132,24 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         (PoolState::Error, Some("snapshot gone"))
     );
     assert_eq!(got.version, 1, "status is not spec: no version bump");
+    assert_eq!(
+        pools::record_clone_outcome(&mut c, p.id, false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        pools::record_clone_outcome(&mut c, p.id, false)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        pools::record_clone_outcome(&mut c, p.id, true)
+            .await
+            .unwrap(),
+        0
+    );
     // a spec change clears an error
     let fixed = pools::update_spec(&mut c, "lab", &spec("lab"), None)
         .await
@@ -143,6 +161,23 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         "same snapshot selector keeps the moref"
     );
     // stopped is cleared by resume only
+    pools::set_note(&mut c, p.id, Some("vCenter unreachable"))
+        .await
+        .unwrap();
+    assert_eq!(
+        pools::get(&mut c, "lab")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_error
+            .as_deref(),
+        Some("vCenter unreachable")
+    );
+    pools::set_note(&mut c, p.id, None).await.unwrap();
+    assert_eq!(
+        pools::get(&mut c, "lab").await.unwrap().unwrap().last_error,
+        None
+    );
     let stopped = Status {
         state: PoolState::Stopped,
         last_error: Some("3 failures".into()),
@@ -152,6 +187,18 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
     let paused = pools::set_enabled(&mut c, "lab", false).await.unwrap();
     assert!(!paused.spec.enabled);
     assert_eq!(paused.state, PoolState::Stopped);
+    pools::set_note(&mut c, p.id, Some("ignored while stopped"))
+        .await
+        .unwrap();
+    assert_eq!(
+        pools::get(&mut c, "lab")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_error
+            .as_deref(),
+        Some("3 failures")
+    );
     let resumed = pools::set_enabled(&mut c, "lab", true).await.unwrap();
     assert_eq!(
         (resumed.state, resumed.consecutive_failures),
@@ -253,6 +300,7 @@ async fn desktop_lifecycle_and_counts(db: PgPool) {
             task_moref: Some("task-1".into()),
             powered_on: false,
             last_error: None,
+            snapshot_moref: None,
         },
     )
     .await
@@ -268,6 +316,7 @@ async fn desktop_lifecycle_and_counts(db: PgPool) {
             task_moref: None,
             powered_on: true,
             last_error: None,
+            snapshot_moref: None,
         },
     )
     .await
@@ -279,7 +328,8 @@ async fn desktop_lifecycle_and_counts(db: PgPool) {
             ready.vm_moref.as_deref(),
             ready.task_moref.as_deref()
         ),
-        (DesktopState::Ready, Some("vm-9"), Some("task-1"))
+        (DesktopState::Ready, Some("vm-9"), None),
+        "ready clears the task hint"
     );
     assert!(ready.ready_at.is_some());
     let d2 = desktops::insert_pending(
@@ -312,6 +362,7 @@ async fn desktop_lifecycle_and_counts(db: PgPool) {
             task_moref: None,
             powered_on: true,
             last_error: None,
+            snapshot_moref: None,
         },
     )
     .await
@@ -350,7 +401,8 @@ async fn desktop_lifecycle_and_counts(db: PgPool) {
             vm_moref: None,
             task_moref: None,
             powered_on: true,
-            last_error: None
+            last_error: None,
+            snapshot_moref: None,
         }
     )
     .await
@@ -385,6 +437,7 @@ async fn desktop_pages_by_name_and_state(db: PgPool) {
                     task_moref: None,
                     powered_on: true,
                     last_error: None,
+                    snapshot_moref: None,
                 },
             )
             .await

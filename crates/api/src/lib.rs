@@ -1,0 +1,162 @@
+//! deskpool's HTTP API: pools, desktops and events under `/api/v1`, plus `/healthz`,
+//! `/readyz`, `/metrics` and `/openapi.json`.
+//!
+//! [`router`] builds everything; the binary only binds a listener and serves it. Every route
+//! is registered through one table ([`routes`] lists it), so the OpenAPI test can check that
+//! no route goes undocumented.
+//!
+//! Wiring, in the binary:
+//!
+//! ```ignore
+//! let metrics = deskpool_api::install_metrics_recorder(); // before the reconciler records
+//! let api = deskpool_api::router(ApiState { db, vcenters, health, metrics, max_body_bytes });
+//! axum::serve(listener, api).with_graceful_shutdown(stop).await?;
+//! ```
+//!
+//! The router serves `/healthz` itself and applies the body limit, so it is served as is
+//! rather than merged into a router that has its own `/healthz` (axum panics on the clash).
+
+mod auth;
+mod desktops;
+mod error;
+mod events;
+mod extract;
+mod metrics_setup;
+mod model;
+mod observe;
+mod openapi;
+mod ops;
+mod pools;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
+use axum::routing::{on, MethodFilter};
+use axum::Router;
+use http::{Method, StatusCode};
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use metrics_setup::{install_metrics_recorder, metrics_builder};
+pub use model::{
+    Alive, DbHealth, DesktopPage, DesktopStateView, DesktopView, EventPage, EventView,
+    HealthSnapshot, PoolList, PoolStateView, PoolStatus, PoolView, Readiness, ReplicaRole, Resize,
+    VcenterHealth,
+};
+pub use openapi::openapi;
+
+/// Everything the API needs from the process that serves it.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The database.
+    pub db: sqlx::PgPool,
+    /// Names of the configured vCenter connections; a pool must name one of them.
+    pub vcenters: Vec<String>,
+    /// The reconciler's view of its own health, for `/readyz`.
+    pub health: Arc<dyn Health>,
+    /// Renders the process's metrics for `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("vcenters", &self.vcenters)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reconciler side's health, implemented by the binary.
+pub trait Health: Send + Sync + 'static {
+    /// The current role and vCenter connection states.
+    fn snapshot(&self) -> HealthSnapshot;
+}
+
+/// Shared state of the handlers.
+pub(crate) type AppState = Arc<ApiState>;
+
+/// The API prefix.
+pub const PREFIX: &str = "/api/v1";
+
+/// Collects routes and the (method, path) list they serve, from one set of calls.
+struct Table {
+    router: Router<AppState>,
+    served: Vec<(Method, &'static str)>,
+}
+
+impl Table {
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+            served: Vec::new(),
+        }
+    }
+
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.served.push((method, path));
+        self
+    }
+}
+
+fn table() -> Table {
+    Table::new()
+        .add(Method::GET, "/api/v1/pools", pools::list)
+        .add(Method::POST, "/api/v1/pools", pools::create)
+        .add(Method::GET, "/api/v1/pools/{name}", pools::get)
+        .add(Method::PUT, "/api/v1/pools/{name}", pools::replace)
+        .add(Method::PATCH, "/api/v1/pools/{name}", pools::resize)
+        .add(Method::DELETE, "/api/v1/pools/{name}", pools::delete)
+        .add(Method::POST, "/api/v1/pools/{name}/pause", pools::pause)
+        .add(Method::POST, "/api/v1/pools/{name}/resume", pools::resume)
+        .add(Method::GET, "/api/v1/pools/{name}/desktops", desktops::list)
+        .add(
+            Method::GET,
+            "/api/v1/pools/{name}/desktops/{desktop}",
+            desktops::get,
+        )
+        .add(
+            Method::DELETE,
+            "/api/v1/pools/{name}/desktops/{desktop}",
+            desktops::delete,
+        )
+        .add(Method::GET, "/api/v1/events", events::list)
+        .add(Method::GET, "/openapi.json", ops::openapi_json)
+        .add(Method::GET, "/healthz", ops::healthz)
+        .add(Method::GET, "/readyz", ops::readyz)
+        .add(Method::GET, "/metrics", ops::metrics)
+}
+
+/// Every (method, path template) the router serves, as registered.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    table().served
+}
+
+/// The API: every route, JSON 404/405 fallbacks, the body limit, and the per-request log line
+/// and latency histogram.
+pub fn router(state: ApiState) -> Router {
+    let limit = state.max_body_bytes;
+    table()
+        .router
+        .fallback(|method: Method, uri: http::Uri| async move {
+            ApiError::not_found(format!("no route for {method} {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|method: Method, uri: http::Uri| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {}", uri.path()),
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(observe::observe))
+        .with_state(Arc::new(state))
+}

@@ -1,0 +1,309 @@
+//! The JSON shapes the API answers with (requests are `PoolSpec` and [`Resize`]).
+
+use chrono::{DateTime, Utc};
+use deskpool_domain::{DesktopState, PoolSpec, PoolState};
+use deskpool_store::desktops::Desktop;
+use deskpool_store::events::Event;
+use deskpool_store::pools::{Pool, PoolCounts};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A pool's provisioning condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolStateView {
+    /// Provisioning runs normally.
+    Ok,
+    /// A permanent fault; waits for a spec change.
+    Error,
+    /// Stopped after repeated clone failures; waits for resume.
+    Stopped,
+    /// Being deleted.
+    Deleting,
+}
+
+impl From<PoolState> for PoolStateView {
+    fn from(s: PoolState) -> Self {
+        match s {
+            PoolState::Ok => Self::Ok,
+            PoolState::Error => Self::Error,
+            PoolState::Stopped => Self::Stopped,
+            PoolState::Deleting => Self::Deleting,
+        }
+    }
+}
+
+/// Where a desktop is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DesktopStateView {
+    /// Row committed, no vCenter call yet.
+    Pending,
+    /// Clone task running.
+    Cloning,
+    /// Being powered on.
+    PoweringOn,
+    /// Usable.
+    Ready,
+    /// Provisioning failed.
+    Failed,
+    /// Being destroyed.
+    Deleting,
+}
+
+impl From<DesktopState> for DesktopStateView {
+    fn from(s: DesktopState) -> Self {
+        match s {
+            DesktopState::Pending => Self::Pending,
+            DesktopState::Cloning => Self::Cloning,
+            DesktopState::PoweringOn => Self::PoweringOn,
+            DesktopState::Ready => Self::Ready,
+            DesktopState::Failed => Self::Failed,
+            DesktopState::Deleting => Self::Deleting,
+        }
+    }
+}
+
+/// What the reconciler reports about a pool, with live desktop counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolStatus {
+    /// Desired number of desktops (the spec's `target_size`).
+    pub target: u32,
+    /// Desktops ready for use.
+    pub ready: u32,
+    /// Desktops being provisioned.
+    pub provisioning: u32,
+    /// Desktops whose provisioning failed (awaiting cleanup).
+    pub failed: u32,
+    /// Desktops being destroyed.
+    pub deleting: u32,
+    /// Provisioning condition.
+    pub state: PoolStateView,
+    /// Paused by an admin (`!spec.enabled`): neither grown nor shrunk.
+    pub paused: bool,
+    /// Why the pool is in `error` or `stopped`, or the last transient problem.
+    pub last_error: Option<String>,
+    /// Clone failures in a row.
+    pub consecutive_failures: u32,
+    /// The snapshot moref the spec's snapshot resolved to, once the reconciler resolved it.
+    pub snapshot_moref: Option<String>,
+}
+
+/// A pool: its spec and status. `version` is also sent as the `ETag`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolView {
+    /// Pool name.
+    pub name: String,
+    /// The spec as last written.
+    pub spec: PoolSpec,
+    /// Status and desktop counts.
+    pub status: PoolStatus,
+    /// Bumped on every spec change; send it back in `If-Match`.
+    pub version: i64,
+    /// When the pool was defined.
+    pub created_at: DateTime<Utc>,
+    /// Last change of spec or status.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PoolView {
+    /// Combines a stored pool with its desktop counts.
+    pub fn new(pool: Pool, counts: PoolCounts) -> Self {
+        Self {
+            name: pool.spec.name.clone(),
+            status: PoolStatus {
+                target: pool.spec.target_size,
+                ready: counts.ready,
+                provisioning: counts.provisioning,
+                failed: counts.failed,
+                deleting: counts.deleting,
+                state: pool.state.into(),
+                paused: !pool.spec.enabled,
+                last_error: pool.last_error,
+                consecutive_failures: pool.consecutive_failures,
+                snapshot_moref: pool.snapshot_moref,
+            },
+            spec: pool.spec,
+            version: pool.version,
+            created_at: pool.created_at,
+            updated_at: pool.updated_at,
+        }
+    }
+}
+
+/// Every pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolList {
+    /// Pools by name.
+    pub pools: Vec<PoolView>,
+}
+
+/// A resize request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resize {
+    /// New target size, within the pool's `min_size..=max_size`.
+    pub target_size: u32,
+}
+
+/// One desktop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DesktopView {
+    /// VM name.
+    pub name: String,
+    /// Owning pool.
+    pub pool: String,
+    /// Index in the pool's naming pattern.
+    pub index: u32,
+    /// Lifecycle state.
+    pub state: DesktopStateView,
+    /// Last known power state.
+    pub powered_on: bool,
+    /// The VM's managed object id, once known.
+    pub vm_moref: Option<String>,
+    /// The instance UUID given to the clone.
+    pub instance_uuid: Uuid,
+    /// The snapshot the desktop was cloned from.
+    pub snapshot_moref: Option<String>,
+    /// The last fault, for failed desktops.
+    pub last_error: Option<String>,
+    /// When the row was created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When the desktop became ready.
+    pub ready_at: Option<DateTime<Utc>>,
+}
+
+impl DesktopView {
+    /// The view of a stored desktop of pool `pool`.
+    pub fn new(pool: &str, d: Desktop) -> Self {
+        Self {
+            name: d.name,
+            pool: pool.to_owned(),
+            index: d.index,
+            state: d.state.into(),
+            powered_on: d.powered_on,
+            vm_moref: d.vm_moref,
+            instance_uuid: d.instance_uuid,
+            snapshot_moref: d.snapshot_moref,
+            last_error: d.last_error,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            ready_at: d.ready_at,
+        }
+    }
+}
+
+/// One page of a pool's desktops, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DesktopPage {
+    /// Desktops on this page.
+    pub desktops: Vec<DesktopView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// Monotonic id.
+    pub id: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Pool name, if any.
+    pub pool: Option<String>,
+    /// Desktop name, if any.
+    pub desktop: Option<String>,
+    /// Who: an API token's name, `reconciler` or `cli`.
+    pub actor: String,
+    /// What kind of event, e.g. `pool_resized`.
+    pub kind: String,
+    /// Readable description.
+    pub message: String,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> Self {
+        Self {
+            id: e.id,
+            at: e.at,
+            pool: e.pool,
+            desktop: e.desktop,
+            actor: e.actor,
+            kind: e.kind,
+            message: e.message,
+        }
+    }
+}
+
+/// One page of events, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    /// Events on this page.
+    pub events: Vec<EventView>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next: Option<i64>,
+}
+
+/// Liveness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// This replica's part in reconciling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaRole {
+    /// Holds the leader lease and reconciles.
+    Leader,
+    /// Serves the API; another replica reconciles.
+    Standby,
+    /// Has not yet tried for the lease.
+    Starting,
+}
+
+/// One vCenter connection's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VcenterHealth {
+    /// Connection name from the configuration.
+    pub name: String,
+    /// Whether the session is up.
+    pub connected: bool,
+    /// The last connection error, if any.
+    pub error: Option<String>,
+}
+
+/// What the reconciler side reports for readiness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthSnapshot {
+    /// Leader, standby or starting.
+    pub role: ReplicaRole,
+    /// Every configured vCenter.
+    pub vcenters: Vec<VcenterHealth>,
+}
+
+/// The database's answer to the readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DbHealth {
+    /// `SELECT 1` answered within the deadline.
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+}
+
+/// Readiness: 200 when `ready`, 503 otherwise; the body is the same either way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// Database answers and every vCenter is connected.
+    pub ready: bool,
+    /// The database check.
+    pub database: DbHealth,
+    /// This replica's role.
+    pub role: ReplicaRole,
+    /// Each vCenter connection.
+    pub vcenters: Vec<VcenterHealth>,
+}

@@ -1,0 +1,51 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{desktops, error, events, model, ops, pools};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "deskpool", description = "Keeps VMware vSphere desktop pools at their target size with linked clones."),
+    paths(
+        pools::list, pools::create, pools::get, pools::replace, pools::resize, pools::delete,
+        pools::pause, pools::resume,
+        desktops::list, desktops::get, desktops::delete,
+        events::list,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi_json,
+    ),
+    components(schemas(
+        error::ErrorBody, error::ErrorDetail,
+        deskpool_domain::PoolSpec, deskpool_domain::GuestOs,
+        model::PoolView, model::PoolStatus, model::PoolStateView, model::PoolList, model::Resize,
+        model::DesktopView, model::DesktopStateView, model::DesktopPage,
+        model::EventView, model::EventPage,
+        model::Alive, model::Readiness, model::DbHealth, model::ReplicaRole, model::VcenterHealth,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "pools", description = "Pool definitions and sizing"),
+        (name = "desktops", description = "Desktops of a pool"),
+        (name = "events", description = "Audit trail"),
+        (name = "ops", description = "Health, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// The API's OpenAPI 3 document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,417 @@
+//! `/api/v1/pools`: define, inspect, resize, pause, resume and delete pools.
+//!
+//! Every write runs in one transaction together with its audit event; the database trigger
+//! on `pools` wakes the reconciler at commit.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use deskpool_domain::{is_slug, EventKind, PoolSpec, PoolState};
+use deskpool_store::events::{self, NewEvent};
+use deskpool_store::pools::{self, Pool};
+use sqlx::PgConnection;
+
+use crate::auth::{Admin, Caller, Helpdesk, Viewer};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{if_match, ApiJson, ApiPath};
+use crate::model::{PoolList, PoolView, Resize};
+use crate::AppState;
+
+fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header value")
+}
+
+/// A pool view answered with its ETag.
+fn with_etag(status: StatusCode, view: PoolView) -> Response {
+    let tag = etag(view.version);
+    let mut res = (status, Json(view)).into_response();
+    res.headers_mut().insert(header::ETAG, tag);
+    res
+}
+
+async fn view(conn: &mut PgConnection, pool: Pool) -> ApiResult<PoolView> {
+    let counts = pools::counts(conn)
+        .await?
+        .remove(&pool.id)
+        .unwrap_or_default();
+    Ok(PoolView::new(pool, counts))
+}
+
+/// The pool named `name`, or 404. Names that are not slugs cannot exist, so they are 404
+/// without asking the database.
+async fn find(conn: &mut PgConnection, name: &str) -> ApiResult<Pool> {
+    if !is_slug(name) {
+        return Err(ApiError::pool_not_found(name));
+    }
+    pools::get(conn, name)
+        .await?
+        .ok_or_else(|| ApiError::pool_not_found(name))
+}
+
+fn not_deleting(pool: &Pool) -> ApiResult<()> {
+    if pool.state == PoolState::Deleting {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "pool_deleting",
+            format!("pool '{}' is being deleted", pool.spec.name),
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(field: &'static str, value: &str) -> ApiResult<()> {
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Everything `PoolSpec::validate` checks, plus what only the API knows: the configured
+/// vCenters.
+fn validate(state: &AppState, spec: &PoolSpec) -> ApiResult<()> {
+    check_text("name", &spec.name)?;
+    check_text("vcenter", &spec.vcenter)?;
+    check_text("snapshot", &spec.snapshot)?;
+    check_text("naming_pattern", &spec.naming_pattern)?;
+    if let Some(cs) = &spec.customization_spec {
+        check_text("customization_spec", cs)?;
+    }
+    spec.validate()?;
+    if !state.vcenters.contains(&spec.vcenter) {
+        return Err(ApiError::invalid(
+            "vcenter",
+            format!(
+                "unknown vCenter '{}'; configured: {}",
+                spec.vcenter,
+                if state.vcenters.is_empty() {
+                    "none".to_owned()
+                } else {
+                    state.vcenters.join(", ")
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn record(
+    conn: &mut PgConnection,
+    actor: &str,
+    pool: &str,
+    kind: EventKind,
+    message: &str,
+) -> ApiResult<()> {
+    events::record(
+        conn,
+        &NewEvent {
+            pool: Some(pool),
+            desktop: None,
+            actor,
+            kind,
+            message,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Lists every pool with its live desktop counts.
+#[utoipa::path(get, path = "/api/v1/pools", tag = "pools",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every pool, by name", body = PoolList),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    _caller: Caller<Viewer>,
+) -> ApiResult<Json<PoolList>> {
+    let mut conn = state.db.acquire().await?;
+    let all = pools::list(&mut conn).await?;
+    let mut counts = pools::counts(&mut conn).await?;
+    let pools = all
+        .into_iter()
+        .map(|p| {
+            let c = counts.remove(&p.id).unwrap_or_default();
+            PoolView::new(p, c)
+        })
+        .collect();
+    Ok(Json(PoolList { pools }))
+}
+
+/// Defines a pool (admin).
+#[utoipa::path(post, path = "/api/v1/pools", tag = "pools",
+    security(("bearer" = [])),
+    request_body = PoolSpec,
+    responses(
+        (status = 201, description = "Created", body = PoolView,
+            headers(("Location" = String, description = "The pool's URL"), ("ETag" = String, description = "The pool's version"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 409, description = "A pool with that name exists", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid spec; `field` names the culprit", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    caller: Caller<Admin>,
+    ApiJson(spec): ApiJson<PoolSpec>,
+) -> ApiResult<Response> {
+    validate(&state, &spec)?;
+    let mut tx = state.db.begin().await?;
+    let pool = pools::insert(&mut tx, &spec).await?;
+    record(
+        &mut tx,
+        &caller.name,
+        &spec.name,
+        EventKind::PoolCreated,
+        &format!("pool created with target size {}", spec.target_size),
+    )
+    .await?;
+    tx.commit().await?;
+    let location = HeaderValue::from_str(&format!("/api/v1/pools/{}", spec.name))
+        .expect("a slug is a valid header value");
+    let mut res = with_etag(StatusCode::CREATED, PoolView::new(pool, Default::default()));
+    res.headers_mut().insert(header::LOCATION, location);
+    Ok(res)
+}
+
+/// A pool's spec and status.
+#[utoipa::path(get, path = "/api/v1/pools/{name}", tag = "pools",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, description = "The pool", body = PoolView,
+            headers(("ETag" = String, description = "The pool's version, for If-Match"))),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    _caller: Caller<Viewer>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    let mut conn = state.db.acquire().await?;
+    let pool = find(&mut conn, &name).await?;
+    Ok(with_etag(StatusCode::OK, view(&mut conn, pool).await?))
+}
+
+/// Replaces a pool's spec (admin). The name in the body must match the path.
+#[utoipa::path(put, path = "/api/v1/pools/{name}", tag = "pools",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Pool name"),
+        ("If-Match" = Option<String>, Header, description = "Apply only if the pool is still at this ETag"),
+    ),
+    request_body = PoolSpec,
+    responses(
+        (status = 200, description = "Updated", body = PoolView,
+            headers(("ETag" = String, description = "The new version"))),
+        (status = 400, description = "Malformed JSON or If-Match", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 409, description = "The pool is being deleted", body = ErrorBody),
+        (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid spec; `field` names the culprit", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn replace(
+    State(state): State<AppState>,
+    caller: Caller<Admin>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(spec): ApiJson<PoolSpec>,
+) -> ApiResult<Response> {
+    let expected = if_match(&headers)?;
+    if spec.name != name {
+        return Err(ApiError::invalid(
+            "name",
+            format!(
+                "the body names pool '{}' but the path names '{name}'; pools cannot be renamed",
+                spec.name
+            ),
+        ));
+    }
+    validate(&state, &spec)?;
+    let mut tx = state.db.begin().await?;
+    find(&mut tx, &name).await?;
+    let pool = pools::update_spec(&mut tx, &name, &spec, expected).await?;
+    record(
+        &mut tx,
+        &caller.name,
+        &name,
+        EventKind::PoolUpdated,
+        &format!("spec replaced (version {})", pool.version),
+    )
+    .await?;
+    let v = view(&mut tx, pool).await?;
+    tx.commit().await?;
+    Ok(with_etag(StatusCode::OK, v))
+}
+
+/// Sets a pool's target size (helpdesk or admin), within the pool's `min_size..=max_size`.
+#[utoipa::path(patch, path = "/api/v1/pools/{name}", tag = "pools",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "Pool name"),
+        ("If-Match" = Option<String>, Header, description = "Apply only if the pool is still at this ETag"),
+    ),
+    request_body = Resize,
+    responses(
+        (status = 200, description = "Resized", body = PoolView,
+            headers(("ETag" = String, description = "The new version"))),
+        (status = 400, description = "Malformed JSON or If-Match", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Viewer token", body = ErrorBody),
+        (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 409, description = "The pool is being deleted", body = ErrorBody),
+        (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Target outside the pool's bounds (field `target_size`)", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn resize(
+    State(state): State<AppState>,
+    caller: Caller<Helpdesk>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<Resize>,
+) -> ApiResult<Response> {
+    let expected = if_match(&headers)?;
+    let mut tx = state.db.begin().await?;
+    let current = find(&mut tx, &name).await?;
+    not_deleting(&current)?;
+    // A stale client is told so before being told its number is out of bounds.
+    if expected.is_some_and(|v| v != current.version) {
+        return Err(deskpool_store::StoreError::VersionMismatch {
+            current: current.version,
+        }
+        .into());
+    }
+    // Helpdesk and admin alike: bounds are the admin's to change, with PUT.
+    current.spec.check_target(req.target_size)?;
+    let pool = pools::set_target(&mut tx, &name, req.target_size, expected).await?;
+    record(
+        &mut tx,
+        &caller.name,
+        &name,
+        EventKind::PoolResized,
+        &format!(
+            "target size {} -> {}",
+            current.spec.target_size, req.target_size
+        ),
+    )
+    .await?;
+    let v = view(&mut tx, pool).await?;
+    tx.commit().await?;
+    Ok(with_etag(StatusCode::OK, v))
+}
+
+async fn set_enabled(
+    state: AppState,
+    actor: &str,
+    name: &str,
+    enabled: bool,
+) -> ApiResult<Response> {
+    let mut tx = state.db.begin().await?;
+    let current = find(&mut tx, name).await?;
+    not_deleting(&current)?;
+    let pool = pools::set_enabled(&mut tx, name, enabled).await?;
+    let (kind, message) = if enabled {
+        (EventKind::PoolResumed, "provisioning resumed")
+    } else {
+        (EventKind::PoolPaused, "provisioning paused")
+    };
+    record(&mut tx, actor, name, kind, message).await?;
+    let v = view(&mut tx, pool).await?;
+    tx.commit().await?;
+    Ok(with_etag(StatusCode::OK, v))
+}
+
+/// Pauses a pool (admin): it is neither grown nor shrunk until resumed.
+#[utoipa::path(post, path = "/api/v1/pools/{name}/pause", tag = "pools",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, description = "Paused", body = PoolView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 409, description = "The pool is being deleted", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn pause(
+    State(state): State<AppState>,
+    caller: Caller<Admin>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    set_enabled(state, &caller.name, &name, false).await
+}
+
+/// Resumes a pool (admin); also clears `error` and `stopped`.
+#[utoipa::path(post, path = "/api/v1/pools/{name}/resume", tag = "pools",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, description = "Resumed", body = PoolView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 409, description = "The pool is being deleted", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    caller: Caller<Admin>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    set_enabled(state, &caller.name, &name, true).await
+}
+
+/// Deletes a pool (admin): it goes to `deleting`; the reconciler destroys its desktops and
+/// then removes it. Repeating the call is harmless.
+#[utoipa::path(delete, path = "/api/v1/pools/{name}", tag = "pools",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Pool name")),
+    responses(
+        (status = 202, description = "Deletion under way", body = PoolView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller<Admin>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    let mut tx = state.db.begin().await?;
+    let mut pool = find(&mut tx, &name).await?;
+    if pool.state != PoolState::Deleting {
+        pool = pools::mark_deleting(&mut tx, &name).await?;
+        record(
+            &mut tx,
+            &caller.name,
+            &name,
+            EventKind::PoolDeleting,
+            "pool marked for deletion",
+        )
+        .await?;
+    }
+    let v = view(&mut tx, pool).await?;
+    tx.commit().await?;
+    Ok(with_etag(StatusCode::ACCEPTED, v))
+}

@@ -1,0 +1,224 @@
+//! Every endpoint against every kind of caller: no token, a bad token, and each role.
+
+use std::collections::BTreeSet;
+
+use deskpool_domain::DesktopState;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::common::{add_desktop, call, ctx, events_of, spec};
+
+/// Who calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Nobody,
+    BadToken,
+    Viewer,
+    Helpdesk,
+    Admin,
+}
+
+struct Case {
+    method: Method,
+    /// Route template, as the router registers it.
+    route: &'static str,
+    /// The least role allowed.
+    min: Who,
+    /// Status when allowed.
+    ok: StatusCode,
+    /// Request body, `{pool}` in strings replaced by the case's pool name.
+    body: Option<Value>,
+}
+
+fn case(method: Method, route: &'static str, min: Who, ok: u16, body: Option<Value>) -> Case {
+    Case {
+        method,
+        route,
+        min,
+        ok: StatusCode::from_u16(ok).unwrap(),
+        body,
+    }
+}
+
+fn fill(v: &Value, pool: &str) -> Value {
+    match v {
+        Value::String(s) => Value::String(s.replace("{pool}", pool)),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), fill(v, pool))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn table() -> Vec<Case> {
+    use Who::*;
+    let mut new_spec = spec("x");
+    new_spec["name"] = json!("{pool}-new");
+    new_spec["naming_pattern"] = json!("n{n:3}-{pool}");
+    let mut put_spec = spec("x");
+    put_spec["name"] = json!("{pool}");
+    put_spec["naming_pattern"] = json!("{pool}-{n:3}");
+    put_spec["target_size"] = json!(3);
+    vec![
+        case(Method::GET, "/api/v1/pools", Viewer, 200, None),
+        case(Method::POST, "/api/v1/pools", Admin, 201, Some(new_spec)),
+        case(Method::GET, "/api/v1/pools/{name}", Viewer, 200, None),
+        case(
+            Method::PUT,
+            "/api/v1/pools/{name}",
+            Admin,
+            200,
+            Some(put_spec),
+        ),
+        case(
+            Method::PATCH,
+            "/api/v1/pools/{name}",
+            Helpdesk,
+            200,
+            Some(json!({"target_size": 4})),
+        ),
+        case(Method::DELETE, "/api/v1/pools/{name}", Admin, 202, None),
+        case(Method::POST, "/api/v1/pools/{name}/pause", Admin, 200, None),
+        case(
+            Method::POST,
+            "/api/v1/pools/{name}/resume",
+            Admin,
+            200,
+            None,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/pools/{name}/desktops",
+            Viewer,
+            200,
+            None,
+        ),
+        case(
+            Method::GET,
+            "/api/v1/pools/{name}/desktops/{desktop}",
+            Viewer,
+            200,
+            None,
+        ),
+        case(
+            Method::DELETE,
+            "/api/v1/pools/{name}/desktops/{desktop}",
+            Helpdesk,
+            202,
+            None,
+        ),
+        case(Method::GET, "/api/v1/events", Viewer, 200, None),
+    ]
+}
+
+/// Routes open to anyone.
+const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+
+#[test]
+fn the_table_covers_every_route() {
+    let served: BTreeSet<(String, String)> = deskpool_api::routes()
+        .into_iter()
+        .filter(|(_, p)| !PUBLIC.contains(p))
+        .map(|(m, p)| (m.to_string(), p.to_owned()))
+        .collect();
+    let tested: BTreeSet<(String, String)> = table()
+        .into_iter()
+        .map(|c| (c.method.to_string(), c.route.to_owned()))
+        .collect();
+    assert_eq!(
+        served, tested,
+        "every protected route needs a row in the access table"
+    );
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn every_endpoint_and_role(db: PgPool) {
+    let ctx = ctx(db).await;
+    let mut n = 0;
+    for c in table() {
+        for who in [
+            Who::Nobody,
+            Who::BadToken,
+            Who::Viewer,
+            Who::Helpdesk,
+            Who::Admin,
+        ] {
+            // A fresh pool (with one ready desktop) per call, so allowed writes do not
+            // change what the next call sees.
+            n += 1;
+            let pool = format!("p{n}");
+            let desktop = format!("p{n}-001");
+            let created = call(&ctx.router, Method::POST, "/api/v1/pools")
+                .token(&ctx.admin)
+                .json(&{
+                    let mut s = spec(&pool);
+                    s["naming_pattern"] = json!(format!("{pool}-{{n:3}}"));
+                    s
+                })
+                .send()
+                .await;
+            assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+            add_desktop(&ctx.db, &pool, &desktop, 1, DesktopState::Ready).await;
+            let events_before = events_of(&ctx.db, &pool).await.len();
+
+            let path = c
+                .route
+                .replace("{name}", &pool)
+                .replace("{desktop}", &desktop);
+            let mut req = call(&ctx.router, c.method.clone(), &path);
+            req = match who {
+                Who::Nobody => req,
+                Who::BadToken => req.token("dpt_not-a-real-token"),
+                Who::Viewer => req.token(&ctx.viewer),
+                Who::Helpdesk => req.token(&ctx.helpdesk),
+                Who::Admin => req.token(&ctx.admin),
+            };
+            if let Some(body) = &c.body {
+                req = req.json(&fill(body, &pool));
+            }
+            let res = req.send().await;
+            let what = format!(
+                "{} {} as {who:?}: {} {}",
+                c.method, c.route, res.status, res.text
+            );
+            let expected = match who {
+                Who::Nobody | Who::BadToken => StatusCode::UNAUTHORIZED,
+                w if w < c.min => StatusCode::FORBIDDEN,
+                _ => c.ok,
+            };
+            assert_eq!(res.status, expected, "{what}");
+            if expected == StatusCode::UNAUTHORIZED {
+                assert_eq!(
+                    res.header("www-authenticate")
+                        .map(|h| h.starts_with("Bearer")),
+                    Some(true),
+                    "{what}"
+                );
+                assert_eq!(res.error().0, "unauthorized", "{what}");
+            }
+            if expected == StatusCode::FORBIDDEN {
+                assert_eq!(res.error().0, "forbidden", "{what}");
+            }
+            let events = events_of(&ctx.db, &pool).await;
+            if c.method == Method::GET || expected != c.ok {
+                assert_eq!(events.len(), events_before, "no event for {what}");
+            } else if c.route != "/api/v1/pools" {
+                // Every write is audited under the caller's token name.
+                let actor = match who {
+                    Who::Helpdesk => "hank-helpdesk",
+                    _ => "alice-admin",
+                };
+                assert_eq!(events.len(), events_before + 1, "{what}");
+                assert_eq!(events[0].0, actor, "{what}");
+            } else {
+                let new = events_of(&ctx.db, &format!("{pool}-new")).await;
+                assert_eq!(
+                    new,
+                    [("alice-admin".to_owned(), "pool_created".to_owned())],
+                    "{what}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the HTTP API against a real PostgreSQL (`#[sqlx::test]` gives each
+//! test its own migrated database; needs DATABASE_URL). One binary for all of them.
+
+mod common;
+
+mod access;
+mod fuzz;
+mod input;
+mod logs;
+mod ops;
+mod pools;

@@ -1,0 +1,184 @@
+//! `deskpool check`: one line per check, `ok` or `FAIL`, exit 1 on any failure.
+
+use std::collections::HashSet;
+use std::io::Write as _;
+
+use deskpool_domain::PoolSpec;
+use sqlx::migrate::Migrate as _;
+use sqlx::PgPool;
+
+use crate::config::{Config, VcenterConfig};
+use crate::db;
+
+/// Check results, printed as they come so a hanging check shows where it hangs.
+#[derive(Debug, Default)]
+pub struct Report {
+    failures: usize,
+}
+
+impl Report {
+    /// Records and prints a passed check.
+    pub fn ok(&mut self, what: &str, detail: impl AsRef<str>) {
+        Self::print("ok  ", what, detail.as_ref());
+    }
+
+    /// Records and prints a failed check.
+    pub fn fail(&mut self, what: &str, detail: impl AsRef<str>) {
+        self.failures += 1;
+        Self::print("FAIL", what, detail.as_ref());
+    }
+
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.failures == 0
+    }
+
+    fn print(status: &str, what: &str, detail: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{status} {what}: {detail}");
+        let _ = out.flush();
+    }
+}
+
+/// Runs every check; `Ok(true)` when all passed.
+pub async fn check(cfg: &Config) -> anyhow::Result<bool> {
+    let mut report = Report::default();
+    let source = cfg.source.as_ref().map_or_else(
+        || "built-in defaults".to_owned(),
+        |p| p.display().to_string(),
+    );
+    report.ok(
+        "config",
+        format!("{source} is valid ({} vCenter(s))", cfg.vcenters.len()),
+    );
+
+    let pools = match db::connect(&cfg.database).await {
+        Err(e) => {
+            report.fail("database", format!("{e:#}"));
+            Vec::new()
+        }
+        Ok(pool) => {
+            report.ok(
+                "database",
+                format!("connected to {}", cfg.database.redacted_url()),
+            );
+            let pools = check_database(&pool, cfg, &mut report).await;
+            pool.close().await;
+            pools
+        }
+    };
+
+    check_vcenters(&cfg.vcenters, &pools, &mut report).await;
+    Ok(report.passed())
+}
+
+/// Checks the schema is current and every pool names a configured vCenter; returns the pools.
+async fn check_database(pool: &PgPool, cfg: &Config, report: &mut Report) -> Vec<PoolSpec> {
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => {
+            report.fail("migrations", format!("cannot read: {e}"));
+            return Vec::new();
+        }
+    };
+    // `list_applied_migrations` fails when the bookkeeping table does not exist yet.
+    let applied = match conn.list_applied_migrations().await {
+        Ok(a) => a,
+        Err(_) => {
+            report.fail(
+                "migrations",
+                "database has no deskpool schema: run `deskpool migrate`",
+            );
+            return Vec::new();
+        }
+    };
+    let mut problems = Vec::new();
+    let mut pending = 0;
+    for m in deskpool_store::MIGRATOR.iter() {
+        match applied.iter().find(|a| a.version == m.version) {
+            None => pending += 1,
+            Some(a) if a.checksum != m.checksum => problems.push(format!(
+                "migration {} ({}) was changed after it was applied",
+                m.version, m.description
+            )),
+            Some(_) => {}
+        }
+    }
+    let known: HashSet<i64> = deskpool_store::MIGRATOR.iter().map(|m| m.version).collect();
+    if let Some(a) = applied.iter().find(|a| !known.contains(&a.version)) {
+        problems.push(format!(
+            "migration {} is applied but unknown to this build (is this deskpool older than the database?)",
+            a.version
+        ));
+    }
+    if !problems.is_empty() {
+        report.fail("migrations", problems.join("; "));
+    } else if pending > 0 {
+        report.fail(
+            "migrations",
+            format!("{pending} pending: run `deskpool migrate` (serve also applies them)"),
+        );
+    } else {
+        report.ok(
+            "migrations",
+            format!("{} applied, none pending", applied.len()),
+        );
+    }
+    if pending > 0 || !problems.is_empty() {
+        return Vec::new();
+    }
+
+    let pools = match deskpool_store::pools::list(&mut conn).await {
+        Ok(p) => p,
+        Err(e) => {
+            report.fail("pools", format!("cannot list: {e}"));
+            return Vec::new();
+        }
+    };
+    let configured: HashSet<&str> = cfg.vcenters.iter().map(|v| v.name.as_str()).collect();
+    let mut all_known = true;
+    for p in &pools {
+        if !configured.contains(p.spec.vcenter.as_str()) {
+            all_known = false;
+            report.fail(
+                &format!("pool '{}'", p.spec.name),
+                format!(
+                    "vcenter '{}' is not configured (add a [[vcenters]] entry named '{}')",
+                    p.spec.vcenter, p.spec.vcenter
+                ),
+            );
+        }
+    }
+    if all_known {
+        report.ok(
+            "pools",
+            format!("{} defined, each names a configured vCenter", pools.len()),
+        );
+    }
+    pools.into_iter().map(|p| p.spec).collect()
+}
+
+/// Connects to every configured vCenter and, for every pool on it, resolves the golden VM,
+/// snapshot, folder, resource pool and datastore.
+///
+/// TO BE FILLED (lead, once `deskpool_vsphere::Client` lands): for each vCenter,
+/// `Client::connect(ClientOptions::new(url, username, password))` → `ok vcenter '<name>'` or
+/// `FAIL`; then per pool on it, `find_by_inventory_path("<dc>/vm/<golden_vm>")`,
+/// `resolve_snapshot(&golden, &snapshot)`, `<dc>/vm/<folder>`, `<dc>/host/<resource_pool>`,
+/// `<dc>/datastore/<datastore>` → one line each, e.g.
+/// `FAIL pool 'lab': snapshot 'base/v2' not found on VM 'DC0/vm/golden'`.
+/// Until then it must not pass: with vCenters configured it reports a failure.
+async fn check_vcenters(vcenters: &[VcenterConfig], pools: &[PoolSpec], report: &mut Report) {
+    if vcenters.is_empty() {
+        report.ok("vCenter checks", "no vCenters configured");
+        return;
+    }
+    let _ = pools;
+    report.fail(
+        "vCenter checks",
+        format!(
+            "not implemented ({} vCenter(s) not verified)",
+            vcenters.len()
+        ),
+    );
+}

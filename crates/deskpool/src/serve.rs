@@ -1,0 +1,217 @@
+//! `deskpool serve`: connect, migrate, bind, then supervise the long-running tasks.
+//!
+//! [`build`] binds the listeners and spawns the tasks (so tests can bind port 0 and read the
+//! address back); [`App::run`] supervises them until a shutdown signal, and turns any task that
+//! ends on its own into a non-zero exit naming it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use sqlx::PgPool;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db;
+
+/// How long tasks get to finish after a shutdown signal before they are aborted.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    // Installed first so a signal during startup is not lost.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigint.recv() => "SIGINT",
+            _ = sigterm.recv() => "SIGTERM",
+        }
+    };
+
+    let pool = db::connect(&cfg.database).await?;
+    deskpool_store::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying database migrations")?;
+    let app = build(&cfg, pool).await?;
+    app.run(shutdown).await
+}
+
+/// The running daemon: its bound addresses and supervised tasks.
+#[derive(Debug)]
+pub struct App {
+    /// Where the HTTP listener is bound (the real port when configured with port 0).
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+/// Binds the listeners and spawns every task of the daemon.
+pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot bind {}", cfg.http.listen))?;
+    let http_addr = listener.local_addr().context("reading the bound address")?;
+
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        // wiring point: replace this placeholder router with the API's (which serves its own
+        // /healthz, /readyz and /metrics), e.g. `deskpool_api::router(api_state)`.
+        .layer(DefaultBodyLimit::max(cfg.http.max_body_bytes));
+
+    let mut app = App::new(http_addr);
+    let stop = app.shutdown.clone();
+    app.spawn("http server", async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .context("http server failed")
+    });
+
+    // wiring point: spawn the reconciler here, stopping when `app.shutdown_token()` is
+    // cancelled, e.g.
+    //   let stop = app.shutdown_token();
+    //   app.spawn("reconciler", deskpool_reconciler::run(reconciler_config, pool.clone(), stop));
+    drop(pool);
+
+    tracing::info!(addr = %http_addr, "http listener ready");
+    Ok(app)
+}
+
+impl App {
+    fn new(http_addr: SocketAddr) -> Self {
+        Self {
+            http_addr,
+            shutdown: CancellationToken::new(),
+            tasks: JoinSet::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// The token every task watches: cancelled when the daemon shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Spawns a task that must run until shutdown; ending earlier (even with `Ok`) ends the
+    /// process.
+    pub fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Supervises the tasks until `signal` resolves (with the signal's name) or a task ends.
+    pub async fn run(mut self, signal: impl Future<Output = &'static str>) -> anyhow::Result<()> {
+        let failure = tokio::select! {
+            sig = signal => {
+                tracing::info!(signal = sig, "shutting down");
+                None
+            }
+            Some(joined) = self.tasks.join_next_with_id() => {
+                let (id, outcome) = match joined {
+                    Ok((id, Ok(()))) => (id, " (returned without error)".to_owned()),
+                    Ok((id, Err(e))) => (id, format!(": {e:#}")),
+                    Err(e) => (e.id(), if e.is_panic() { " (panicked)".to_owned() } else { " (cancelled)".to_owned() }),
+                };
+                let name = self.names.get(&id).copied().unwrap_or("unnamed task");
+                tracing::error!(task = name, "task ended unexpectedly{outcome}; shutting down");
+                Some(format!("task '{name}' ended unexpectedly{outcome}"))
+            }
+        };
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                match joined {
+                    Ok((_, Ok(()))) => {}
+                    Ok((id, Err(e))) => {
+                        let name = self.names.get(&id).copied().unwrap_or("unnamed task");
+                        tracing::warn!(task = name, "task failed while stopping: {e:#}");
+                    }
+                    Err(e) => {
+                        let name = self.names.get(&e.id()).copied().unwrap_or("unnamed task");
+                        tracing::warn!(task = name, "task panicked while stopping");
+                    }
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "tasks did not stop in time; aborting them"
+            );
+            self.tasks.abort_all();
+        }
+        match failure {
+            Some(msg) => anyhow::bail!(msg),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> App {
+        App::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    #[tokio::test]
+    async fn task_that_returns_ends_run_with_its_name() {
+        let mut app = app();
+        let stop = app.shutdown_token();
+        app.spawn("steady", async move {
+            stop.cancelled().await;
+            Ok(())
+        });
+        app.spawn("quitter", async { Ok(()) });
+        let err = app.run(std::future::pending()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "task 'quitter' ended unexpectedly (returned without error)"
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_and_panicking_tasks_are_named() {
+        let mut app = app();
+        app.spawn("broken", async { anyhow::bail!("disk on fire") });
+        let err = app.run(std::future::pending()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "task 'broken' ended unexpectedly: disk on fire"
+        );
+
+        let mut app = self::app();
+        app.spawn("panicky", async { panic!("boom") });
+        let err = app.run(std::future::pending()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "task 'panicky' ended unexpectedly (panicked)"
+        );
+    }
+
+    #[tokio::test]
+    async fn signal_stops_tasks_cleanly() {
+        let mut app = app();
+        let stop = app.shutdown_token();
+        app.spawn("worker", async move {
+            stop.cancelled().await;
+            Ok(())
+        });
+        app.run(async { "SIGTERM" }).await.unwrap();
+    }
+}

@@ -1,0 +1,85 @@
+//! `deskpool token create|list|revoke`: API tokens, managed directly in the database.
+
+use std::io::Write as _;
+
+use deskpool_store::tokens::{self, Role};
+use deskpool_store::StoreError;
+
+use crate::config::Config;
+use crate::db;
+
+/// Creates a token; prints its secret alone on stdout (for scripts), the notice on stderr.
+pub async fn create(cfg: &Config, name: &str, role: Role) -> anyhow::Result<()> {
+    let pool = db::connect(&cfg.database).await?;
+    let mut conn = pool.acquire().await?;
+    let (token, secret) = tokens::create(&mut conn, name, role)
+        .await
+        .map_err(|e| explain(e, "creating token"))?;
+    println!("{secret}");
+    std::io::stdout().flush()?;
+    eprintln!(
+        "created token '{}' with role {}; the secret above is shown only this once",
+        token.name, token.role
+    );
+    Ok(())
+}
+
+/// Lists tokens as a table (never secrets).
+pub async fn list(cfg: &Config) -> anyhow::Result<()> {
+    let pool = db::connect(&cfg.database).await?;
+    let mut conn = pool.acquire().await?;
+    let list = tokens::list(&mut conn)
+        .await
+        .map_err(|e| explain(e, "listing tokens"))?;
+    let width = list.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<width$}  {:<8}  {:<20}  {:<20}  STATUS",
+        "NAME", "ROLE", "CREATED", "LAST USED"
+    )?;
+    let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+        )
+    };
+    for t in &list {
+        let status = match t.revoked_at {
+            Some(at) => format!("revoked {}", fmt(Some(at))),
+            None => "active".to_owned(),
+        };
+        writeln!(
+            out,
+            "{:<width$}  {:<8}  {:<20}  {:<20}  {status}",
+            t.name,
+            t.role.as_str(),
+            fmt(Some(t.created_at)),
+            fmt(t.last_used_at),
+        )?;
+    }
+    Ok(())
+}
+
+/// Revokes the active token named `name`.
+pub async fn revoke(cfg: &Config, name: &str) -> anyhow::Result<()> {
+    let pool = db::connect(&cfg.database).await?;
+    let mut conn = pool.acquire().await?;
+    let token = tokens::revoke(&mut conn, name)
+        .await
+        .map_err(|e| explain(e, "revoking token"))?;
+    eprintln!("revoked token '{}' ({})", token.name, token.role);
+    Ok(())
+}
+
+/// Turns "relation does not exist" into the fix the user needs.
+fn explain(e: StoreError, doing: &str) -> anyhow::Error {
+    if let StoreError::Db(sqlx::Error::Database(db)) = &e {
+        if db.code().as_deref() == Some("42P01") {
+            return anyhow::anyhow!(
+                "{doing}: the database has no deskpool schema: run `deskpool migrate`"
+            );
+        }
+    }
+    anyhow::Error::new(e).context(doing.to_owned())
+}

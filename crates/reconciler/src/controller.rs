@@ -1,0 +1,415 @@
+//! The controller: one runner per pool (at most one pass at a time), woken by Postgres
+//! notifications, by workers, by backoff timers and by the periodic inventory sweep.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deskpool_domain::{EventKind, MARKER_POOL};
+use deskpool_store::{events, lease, pools, POOL_CHANNEL};
+use deskpool_vsphere::VmInfo;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::inventory::Inventory;
+use crate::pass::{self, Outcome};
+use crate::vcenter::Vcenter;
+use crate::{Error, ReconcilerConfig, ACTOR};
+
+/// What a running worker does, so a pass never starts a second one for the same desktop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkerKind {
+    Provision,
+    Delete,
+}
+
+/// (pool spec version, vCenter session generation) a resolved inventory is valid for.
+pub(crate) type InventoryKey = (i64, u64);
+
+#[derive(Debug, Default)]
+pub(crate) struct Runner {
+    notify: Notify,
+    /// The last inventory sweep's VMs carrying this pool's marker, for the next pass.
+    sweep: Mutex<Option<Vec<VmInfo>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+/// Shared by the runners and workers of one term of leadership.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) db: PgPool,
+    pub(crate) cfg: ReconcilerConfig,
+    pub(crate) vcenters: HashMap<String, Arc<Vcenter>>,
+    pub(crate) fence: lease::Fence,
+    pub(crate) cancel: CancellationToken,
+    runners: Mutex<HashMap<String, Arc<Runner>>>,
+    /// desktop id -> (pool id, kind) of its running worker.
+    workers: Mutex<HashMap<Uuid, (Uuid, WorkerKind)>>,
+    /// Pending desktops created by this term and not yet attempted: they cannot have a VM,
+    /// so the FindByUuid check before cloning is skipped.
+    fresh: Mutex<HashSet<Uuid>>,
+    /// pool name -> ((spec version, vCenter session generation), resolved inventory). A new
+    /// session may mean a restarted vCenter, so morefs are resolved again after a re-login.
+    inventory: Mutex<HashMap<String, (InventoryKey, Arc<Inventory>)>>,
+    backoff: Mutex<HashMap<String, Backoff>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        db: PgPool,
+        cfg: ReconcilerConfig,
+        vcenters: &[Arc<Vcenter>],
+        fence: lease::Fence,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            db,
+            cfg,
+            vcenters: vcenters
+                .iter()
+                .map(|v| (v.name.clone(), Arc::clone(v)))
+                .collect(),
+            fence,
+            cancel,
+            runners: Mutex::default(),
+            workers: Mutex::default(),
+            fresh: Mutex::default(),
+            inventory: Mutex::default(),
+            backoff: Mutex::default(),
+        }
+    }
+
+    /// Starts a transaction in which the fencing token is checked first: if this replica is
+    /// no longer the leader, nothing is written.
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Stopped("leadership ended"));
+        }
+        let mut tx = self.db.begin().await?;
+        lease::check(&mut tx, &self.fence).await?;
+        Ok(tx)
+    }
+
+    /// Records an event inside `tx` and logs it.
+    pub(crate) async fn event(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        pool: &str,
+        desktop: Option<&str>,
+        kind: EventKind,
+        message: &str,
+    ) -> Result<(), Error> {
+        tracing::info!(pool, desktop, kind = kind.as_str(), "{message}");
+        events::record(
+            tx,
+            &events::NewEvent {
+                pool: Some(pool),
+                desktop,
+                actor: ACTOR,
+                kind,
+                message,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The pool's runner, started if it is not running.
+    fn runner(self: &Arc<Self>, pool: &str) -> Arc<Runner> {
+        let mut runners = lock(&self.runners);
+        if let Some(r) = runners.get(pool) {
+            return Arc::clone(r);
+        }
+        let r = Arc::new(Runner::default());
+        runners.insert(pool.to_owned(), Arc::clone(&r));
+        tokio::spawn(run_pool(Arc::clone(self), pool.to_owned(), Arc::clone(&r)));
+        r
+    }
+
+    /// Runs a pass for `pool` soon (coalesced with any pass already asked for).
+    pub(crate) fn wake(self: &Arc<Self>, pool: &str) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        self.runner(pool).notify.notify_one();
+    }
+
+    /// Wakes `pool` after `delay`.
+    pub(crate) fn wake_after(self: &Arc<Self>, pool: &str, delay: Duration) {
+        let ctx = Arc::clone(self);
+        let pool = pool.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => {}
+                _ = tokio::time::sleep(delay) => ctx.wake(&pool),
+            }
+        });
+    }
+
+    /// Claims a desktop for a worker; false if one already runs for it.
+    pub(crate) fn claim(&self, desktop: Uuid, pool: Uuid, kind: WorkerKind) -> bool {
+        let mut w = lock(&self.workers);
+        if w.contains_key(&desktop) {
+            return false;
+        }
+        w.insert(desktop, (pool, kind));
+        true
+    }
+
+    pub(crate) fn release(&self, desktop: Uuid) {
+        lock(&self.workers).remove(&desktop);
+    }
+
+    pub(crate) fn has_worker(&self, desktop: Uuid) -> bool {
+        lock(&self.workers).contains_key(&desktop)
+    }
+
+    pub(crate) fn running(&self, pool: Uuid, kind: WorkerKind) -> usize {
+        lock(&self.workers)
+            .values()
+            .filter(|(p, k)| *p == pool && *k == kind)
+            .count()
+    }
+
+    pub(crate) fn mark_fresh(&self, desktop: Uuid) {
+        lock(&self.fresh).insert(desktop);
+    }
+
+    /// True once for a desktop made by this term (no VM can exist for it yet).
+    pub(crate) fn take_fresh(&self, desktop: Uuid) -> bool {
+        lock(&self.fresh).remove(&desktop)
+    }
+
+    pub(crate) fn cached_inventory(
+        &self,
+        pool: &str,
+        version: InventoryKey,
+    ) -> Option<Arc<Inventory>> {
+        lock(&self.inventory)
+            .get(pool)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, inv)| Arc::clone(inv))
+    }
+
+    pub(crate) fn store_inventory(&self, pool: &str, version: InventoryKey, inv: Arc<Inventory>) {
+        lock(&self.inventory).insert(pool.to_owned(), (version, inv));
+    }
+
+    /// Forgets resolved morefs (a snapshot or folder may have gone, or vCenter restarted).
+    pub(crate) fn forget_inventory(&self, pool: &str) {
+        lock(&self.inventory).remove(pool);
+    }
+
+    /// When the pool may provision again after transient failures, if it must wait.
+    pub(crate) fn backoff_until(&self, pool: &str) -> Option<Instant> {
+        lock(&self.backoff)
+            .get(pool)
+            .map(|b| b.until)
+            .filter(|u| *u > Instant::now())
+    }
+
+    /// Schedules the next attempt after a transient failure: exponential with jitter, capped.
+    pub(crate) fn back_off(self: &Arc<Self>, pool: &str) -> Duration {
+        let delay = {
+            let mut map = lock(&self.backoff);
+            let b = map.entry(pool.to_owned()).or_insert(Backoff {
+                failures: 0,
+                until: Instant::now(),
+            });
+            b.failures = b.failures.saturating_add(1);
+            let exp = self
+                .cfg
+                .backoff_base
+                .saturating_mul(1u32 << (b.failures - 1).min(16))
+                .min(self.cfg.backoff_max);
+            // Full jitter in [exp/2, exp] keeps retries of many pools apart.
+            let delay = exp.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+            b.until = Instant::now() + delay;
+            delay
+        };
+        self.wake_after(pool, delay);
+        delay
+    }
+
+    pub(crate) fn clear_backoff(&self, pool: &str) {
+        lock(&self.backoff).remove(pool);
+    }
+
+    fn drop_runner(&self, pool: &str, runner: &Arc<Runner>) {
+        let mut runners = lock(&self.runners);
+        if runners.get(pool).is_some_and(|r| Arc::ptr_eq(r, runner)) {
+            runners.remove(pool);
+        }
+    }
+
+    fn hand_sweep(self: &Arc<Self>, pool: &str, vms: Vec<VmInfo>) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let runner = self.runner(pool);
+        *lock(&runner.sweep) = Some(vms);
+        runner.notify.notify_one();
+    }
+}
+
+/// One pool's runner: passes one at a time, coalescing wake-ups.
+async fn run_pool(ctx: Arc<Ctx>, pool: String, runner: Arc<Runner>) {
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = runner.notify.notified() => {}
+        }
+        let sweep = lock(&runner.sweep).take();
+        let started = Instant::now();
+        let result = pass::run(&ctx, &pool, sweep).await;
+        metrics::histogram!("deskpool_reconcile_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Outcome::Done) => {}
+            Ok(Outcome::Gone) => {
+                ctx.drop_runner(&pool, &runner);
+                return;
+            }
+            Err(Error::Stopped(_))
+            | Err(Error::Store(deskpool_store::StoreError::Fenced { .. })) => {
+                tracing::warn!(pool, "leadership lost; pool runner stops");
+                return;
+            }
+            Err(e) => {
+                metrics::counter!("deskpool_reconcile_errors_total", "kind" => e.metric_label())
+                    .increment(1);
+                let delay = ctx.back_off(&pool);
+                tracing::warn!(pool, error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile pass failed");
+            }
+        }
+    }
+}
+
+/// Runs one term of leadership until `ctx.cancel` fires.
+pub(crate) async fn run(ctx: Arc<Ctx>) {
+    tracing::info!("reconciler controller started");
+    let listener = tokio::spawn(listen(Arc::clone(&ctx)));
+    // Sweep at once (finds work left by a previous leader or a crash), then periodically.
+    let mut tick = tokio::time::interval(ctx.cfg.resync_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            _ = tick.tick() => {
+                if let Err(e) = sweep(&ctx).await {
+                    tracing::warn!(error = %e, "inventory sweep failed; next one at the next interval");
+                }
+            }
+        }
+    }
+    listener.abort();
+    tracing::info!("reconciler controller stopped");
+}
+
+/// Wakes every pool on `LISTEN` notifications. After a lost connection every pool is woken,
+/// since notifications sent meanwhile are gone.
+async fn listen(ctx: Arc<Ctx>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&ctx.db).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for pool changes; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(POOL_CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        delay = Duration::from_millis(200);
+        wake_all(&ctx).await;
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => ctx.wake(n.payload()),
+                Ok(None) => {
+                    tracing::warn!("pool change notifications interrupted; waking every pool");
+                    wake_all(&ctx).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pool change listener failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn wake_all(ctx: &Arc<Ctx>) {
+    let names: Result<Vec<(String,)>, _> = sqlx::query_as("SELECT name FROM pools")
+        .fetch_all(&ctx.db)
+        .await;
+    match names {
+        Ok(names) => names.iter().for_each(|(n,)| ctx.wake(n)),
+        Err(e) => tracing::warn!(error = %e, "cannot list pools"),
+    }
+}
+
+/// The periodic full comparison: one inventory read per vCenter (all VMs with deskpool
+/// markers), handed to each pool's next pass.
+async fn sweep(ctx: &Arc<Ctx>) -> Result<(), Error> {
+    let all = {
+        let mut conn = ctx.db.acquire().await?;
+        pools::list(&mut conn).await?
+    };
+    for (name, vc) in &ctx.vcenters {
+        let on_vc: Vec<_> = all.iter().filter(|p| &p.spec.vcenter == name).collect();
+        if on_vc.is_empty() {
+            continue;
+        }
+        let Some(client) = vc.client() else {
+            on_vc.iter().for_each(|p| ctx.wake(&p.spec.name));
+            continue;
+        };
+        let vms = match client.list_all_vms().await {
+            Ok(vms) => vms,
+            Err(e) => {
+                tracing::warn!(vcenter = %name, error = %e, "inventory sweep failed");
+                on_vc.iter().for_each(|p| ctx.wake(&p.spec.name));
+                continue;
+            }
+        };
+        let mut by_pool: HashMap<String, Vec<VmInfo>> = HashMap::new();
+        for vm in vms {
+            if let Some((_, pool)) = vm.extra_config.iter().find(|(k, _)| k == MARKER_POOL) {
+                by_pool.entry(pool.clone()).or_default().push(vm);
+            }
+        }
+        for p in on_vc {
+            let vms = by_pool.remove(&p.spec.name).unwrap_or_default();
+            ctx.hand_sweep(&p.spec.name, vms);
+        }
+        // VMs marked for pools that no longer exist are left alone but reported.
+        for (pool, vms) in by_pool {
+            if !all.iter().any(|p| p.spec.name == pool) {
+                tracing::warn!(vcenter = %name, pool, count = vms.len(), "VMs carry the marker of a pool that does not exist; left untouched");
+            }
+        }
+    }
+    // Pools on unknown vCenters still get a pass, which reports the problem.
+    for p in &all {
+        if !ctx.vcenters.contains_key(&p.spec.vcenter) {
+            ctx.wake(&p.spec.name);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+use deskpool_store::StoreError;
+
+/// Why a pass or a worker stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// vCenter failed.
+    #[error(transparent)]
+    Vsphere(#[from] deskpool_vsphere::Error),
+    /// Leadership was lost or the reconciler is shutting down.
+    #[error("stopped: {0}")]
+    Stopped(&'static str),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(e.into())
+    }
+}
+
+impl Error {
+    /// A short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Store(StoreError::Fenced { .. }) => "fenced",
+            Error::Store(_) => "database",
+            Error::Vsphere(e) => e.kind(),
+            Error::Stopped(_) => "stopped",
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! deskpool's reconciler: keeps every pool at its target size with linked clones.
+//!
+//! Shape (after kube-rs): each pool gets at most one reconcile pass at a time; a pass reads the
+//! spec and the observed state (database, and on a periodic sweep the vCenter inventory),
+//! asks the pure [`deskpool_domain::plan`] what to change, records that in the database, and
+//! hands each desktop that needs vCenter work to a worker. Workers are bounded per vCenter
+//! (a semaphore) and per pool (the plan and the spawner). Passes run when a pool changes
+//! (Postgres `LISTEN`), when a worker finishes, after a backoff, and on the periodic sweep.
+//!
+//! Only the replica holding the leader lease runs passes; every write it makes checks the
+//! lease's fencing token in the same transaction.
+
+mod controller;
+mod error;
+mod inventory;
+mod leader;
+mod pass;
+mod status;
+mod vcenter;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::Error;
+pub use status::{Role, StatusHandle, VcenterStatus};
+use tokio_util::sync::CancellationToken;
+
+/// The actor name recorded on events the reconciler writes.
+pub const ACTOR: &str = "reconciler";
+/// The lease row the reconciler replicas compete for.
+pub const LEASE: &str = "reconciler";
+
+/// Tunables, from the `[reconciler]` config section.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// Full comparison of database and vCenter inventory this often.
+    pub resync_interval: Duration,
+    /// Leader lease time to live; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Provisioning operations in flight per vCenter, across pools.
+    pub max_concurrent_per_vcenter: u32,
+    /// Stop provisioning a pool after this many clone failures in a row (0: never).
+    pub stop_after_failures: u32,
+    /// First retry delay after a transient failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// This replica's id in the lease table (host name, pid and a random suffix by default).
+    pub replica_id: String,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        Self {
+            resync_interval: Duration::from_secs(300),
+            lease_ttl: Duration::from_secs(15),
+            max_concurrent_per_vcenter: 20,
+            stop_after_failures: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            replica_id: default_replica_id(),
+        }
+    }
+}
+
+/// `host-pid-random`: unique per process, readable in the lease table.
+pub fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// A named vCenter connection.
+#[derive(Debug, Clone)]
+pub struct VcenterSpec {
+    /// The name pools refer to.
+    pub name: String,
+    /// How to connect.
+    pub options: deskpool_vsphere::ClientOptions,
+}
+
+/// The reconciler of one deskpool replica.
+#[derive(Debug)]
+pub struct Reconciler {
+    db: sqlx::PgPool,
+    cfg: ReconcilerConfig,
+    vcenters: Vec<Arc<vcenter::Vcenter>>,
+    status: StatusHandle,
+}
+
+impl Reconciler {
+    /// Prepares a reconciler; nothing connects until [`Reconciler::run`].
+    pub fn new(db: sqlx::PgPool, vcenters: Vec<VcenterSpec>, cfg: ReconcilerConfig) -> Self {
+        let vcenters: Vec<_> = vcenters
+            .into_iter()
+            .map(|v| Arc::new(vcenter::Vcenter::new(v, cfg.max_concurrent_per_vcenter)))
+            .collect();
+        let status = StatusHandle::new(vcenters.clone());
+        Self {
+            db,
+            cfg,
+            vcenters,
+            status,
+        }
+    }
+
+    /// A handle for `/readyz` and the API: this replica's role and each vCenter's session.
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    /// Connects to every vCenter and competes for the leader lease; while leader, keeps every
+    /// pool at its target. Returns when `shutdown` is cancelled (after releasing the lease).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        for vc in &self.vcenters {
+            tokio::spawn(vcenter::connect_loop(Arc::clone(vc), shutdown.clone()));
+        }
+        leader::run(self.db, self.cfg, self.vcenters, self.status, shutdown).await
+    }
+}

@@ -1,0 +1,58 @@
+//! What `/readyz` reports: the replica's role and each vCenter's session.
+
+use std::sync::{Arc, Mutex};
+
+use crate::vcenter::Vcenter;
+
+/// This replica's part in the leader election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Not yet known (first lease attempt pending or the database unreachable).
+    Starting,
+    /// Holds the lease and reconciles.
+    Leader,
+    /// Another replica holds the lease; this one serves the API and waits.
+    Standby,
+}
+
+/// One vCenter's session state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VcenterStatus {
+    /// Configured name.
+    pub name: String,
+    /// A session is up and the last call reached vCenter.
+    pub connected: bool,
+    /// The last connection problem, if any.
+    pub error: Option<String>,
+}
+
+/// Cheap, cloneable view of the reconciler's condition.
+#[derive(Debug, Clone)]
+pub struct StatusHandle {
+    role: Arc<Mutex<Role>>,
+    vcenters: Vec<Arc<Vcenter>>,
+}
+
+impl StatusHandle {
+    pub(crate) fn new(vcenters: Vec<Arc<Vcenter>>) -> Self {
+        Self {
+            role: Arc::new(Mutex::new(Role::Starting)),
+            vcenters,
+        }
+    }
+
+    pub(crate) fn set_role(&self, role: Role) {
+        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = role;
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        *self.role.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every configured vCenter's session state.
+    pub fn vcenters(&self) -> Vec<VcenterStatus> {
+        self.vcenters.iter().map(|v| v.status()).collect()
+    }
+}

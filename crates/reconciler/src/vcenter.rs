@@ -1,0 +1,99 @@
+//! One configured vCenter: its client (once connected) and its provisioning bound.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use deskpool_vsphere::Client;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::status::VcenterStatus;
+use crate::VcenterSpec;
+
+/// A vCenter connection shared by every pool on it.
+#[derive(Debug)]
+pub(crate) struct Vcenter {
+    pub(crate) name: String,
+    spec: VcenterSpec,
+    client: RwLock<Option<Client>>,
+    last_error: Mutex<Option<String>>,
+    /// Provisioning operations in flight on this vCenter, across pools.
+    pub(crate) permits: Arc<Semaphore>,
+}
+
+impl Vcenter {
+    pub(crate) fn new(spec: VcenterSpec, max_concurrent: u32) -> Self {
+        Self {
+            name: spec.name.clone(),
+            spec,
+            client: RwLock::new(None),
+            last_error: Mutex::new(None),
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1) as usize)),
+        }
+    }
+
+    /// The client, once the first login succeeded (it logs in again by itself afterwards).
+    pub(crate) fn client(&self) -> Option<Client> {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+
+    pub(crate) fn status(&self) -> VcenterStatus {
+        let connected = self.client().is_some_and(|c| c.is_connected());
+        VcenterStatus {
+            name: self.name.clone(),
+            connected,
+            error: if connected {
+                None
+            } else {
+                Some(
+                    self.last_error()
+                        .unwrap_or_else(|| "no session yet".to_owned()),
+                )
+            },
+        }
+    }
+}
+
+/// Logs in, retrying with backoff until it works or `cancel` fires. After the first login the
+/// client keeps its session alive and logs in again by itself.
+pub(crate) async fn connect_loop(vc: Arc<Vcenter>, cancel: CancellationToken) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let attempt = Client::connect(vc.spec.options.clone());
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = attempt => r,
+        };
+        match result {
+            Ok(client) => {
+                tracing::info!(vcenter = %vc.name, about = %client.about().full_name, "vCenter session up");
+                vc.set_error(None);
+                *vc.client.write().unwrap_or_else(|e| e.into_inner()) = Some(client);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(vcenter = %vc.name, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot log in to vCenter");
+                vc.set_error(Some(e.to_string()));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,684 @@
+//! Workers: drive one desktop through its vCenter steps (clone, power on, or power off and
+//! destroy), each holding a permit of its vCenter's provisioning bound. Every step is
+//! recorded before the next begins, and every step can be resumed after a crash: a pending
+//! desktop is looked up by its instance UUID before a clone is issued again.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use deskpool_domain::{DesktopState, EventKind, PoolState, MARKER_DESKTOP, MARKER_POOL};
+use deskpool_store::desktops::{self, Desktop, Progress};
+use deskpool_store::pools::{self, Pool, Status};
+use deskpool_vsphere::{
+    Client, Error as VsError, FaultKind, LinkedCloneSpec, MoRef, PowerState, VmInfo,
+};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use crate::controller::{Ctx, WorkerKind};
+use crate::inventory::{self, Inventory, ResolveError};
+use crate::pass::set_condition;
+use crate::vcenter::Vcenter;
+use crate::Error;
+
+fn task_ref(value: &str) -> MoRef {
+    MoRef::new("Task", value)
+}
+
+fn vm_ref(value: &str) -> MoRef {
+    MoRef::new("VirtualMachine", value)
+}
+
+fn is_fault(e: &VsError, f: impl Fn(&FaultKind) -> bool) -> bool {
+    e.fault_kind().is_some_and(f)
+}
+
+fn not_found(e: &VsError) -> bool {
+    is_fault(e, |k| matches!(k, FaultKind::ManagedObjectNotFound { .. }))
+}
+
+fn invalid_state(e: &VsError) -> bool {
+    is_fault(e, |k| matches!(k, FaultKind::InvalidState))
+}
+
+async fn permit(ctx: &Ctx, vc: &Vcenter) -> Result<OwnedSemaphorePermit, Error> {
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => Err(Error::Stopped("leadership ended")),
+        p = Arc::clone(&vc.permits).acquire_owned() => p.map_err(|_| Error::Stopped("vCenter bound closed")),
+    }
+}
+
+/// Handles the end of a worker: frees the desktop, backs off on trouble, wakes the pool.
+fn finish(ctx: &Arc<Ctx>, pool: &str, desktop: uuid::Uuid, what: &str, result: Result<(), Error>) {
+    ctx.release(desktop);
+    match result {
+        Ok(()) => {}
+        Err(Error::Stopped(_)) | Err(Error::Store(deskpool_store::StoreError::Fenced { .. })) => {
+            return
+        }
+        Err(e) => {
+            let delay = ctx.back_off(pool);
+            tracing::warn!(pool, error = %e, retry_in_ms = delay.as_millis() as u64, "{what} interrupted; will retry");
+        }
+    }
+    ctx.wake(pool);
+}
+
+/// Starts a worker that takes a desktop from `pending`, `cloning` or `powering_on` to `ready`.
+pub(crate) fn spawn_provision(
+    ctx: &Arc<Ctx>,
+    vc: &Arc<Vcenter>,
+    client: &Client,
+    pool: &Arc<Pool>,
+    inventory: Option<Arc<Inventory>>,
+    d: Desktop,
+) {
+    if !ctx.claim(d.id, pool.id, WorkerKind::Provision) {
+        return;
+    }
+    let (ctx, vc, client, pool) = (
+        Arc::clone(ctx),
+        Arc::clone(vc),
+        client.clone(),
+        Arc::clone(pool),
+    );
+    let span = tracing::info_span!("provision", pool = %pool.spec.name, desktop = %d.name);
+    tokio::spawn(
+        async move {
+            let id = d.id;
+            let w = Provision {
+                ctx: &ctx,
+                client: &client,
+                pool: &pool,
+                inventory,
+            };
+            let result = match permit(&ctx, &vc).await {
+                Ok(_permit) => w.run(d).await,
+                Err(e) => Err(e),
+            };
+            finish(&ctx, &pool.spec.name, id, "provisioning", result);
+        }
+        .instrument(span),
+    );
+}
+
+struct Provision<'a> {
+    ctx: &'a Arc<Ctx>,
+    client: &'a Client,
+    pool: &'a Pool,
+    inventory: Option<Arc<Inventory>>,
+}
+
+impl Provision<'_> {
+    fn pool_name(&self) -> &str {
+        &self.pool.spec.name
+    }
+
+    async fn run(&self, mut d: Desktop) -> Result<(), Error> {
+        let mut clone_started = None;
+        loop {
+            let next = match d.state {
+                DesktopState::Pending => {
+                    clone_started = Some(Instant::now());
+                    self.start_clone(d).await?
+                }
+                DesktopState::Cloning => self.finish_clone(d, clone_started).await?,
+                DesktopState::PoweringOn => self.power_on(d).await?,
+                _ => return Ok(()),
+            };
+            match next {
+                Some(n) => d = n,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Writes progress and an event in one fenced transaction. None when the desktop is gone
+    /// or was marked for deletion meanwhile (the worker then stops; a delete worker follows).
+    async fn record(
+        &self,
+        d: &Desktop,
+        progress: Progress,
+        event: Option<(EventKind, String)>,
+    ) -> Result<Option<Desktop>, Error> {
+        let mut tx = self.ctx.begin().await?;
+        let row = desktops::set_progress(&mut tx, d.id, &progress).await?;
+        if let Some((kind, msg)) = event {
+            self.ctx
+                .event(&mut tx, self.pool_name(), Some(&d.name), kind, &msg)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(row.filter(|r| r.state != DesktopState::Deleting))
+    }
+
+    async fn start_clone(&self, d: Desktop) -> Result<Option<Desktop>, Error> {
+        let uuid = d.instance_uuid.to_string();
+        if !self.ctx.take_fresh(d.id) {
+            // A clone may have been issued before a crash: find it instead of making another.
+            if let Some(vm) = self.client.find_vm_by_instance_uuid(&uuid).await? {
+                return self.adopt(&d, &vm, "found by instance UUID").await;
+            }
+        }
+        let Some(inv) = self.inventory.as_deref() else {
+            return Ok(None);
+        };
+        let spec = LinkedCloneSpec {
+            name: d.name.clone(),
+            folder: inv.folder.clone(),
+            resource_pool: inv.resource_pool.clone(),
+            datastore: inv.datastore.clone(),
+            snapshot: inv.snapshot.clone(),
+            instance_uuid: uuid,
+            extra_config: vec![
+                (MARKER_POOL.to_owned(), self.pool_name().to_owned()),
+                (MARKER_DESKTOP.to_owned(), d.id.to_string()),
+            ],
+            customization: inv.customization.clone(),
+            power_on: false,
+        };
+        match self.client.clone_linked(&inv.golden, &spec).await {
+            Ok(task) => {
+                let msg = format!(
+                    "linked clone {} of {} from snapshot {} started ({task})",
+                    d.name, self.pool.spec.golden_vm, inv.snapshot
+                );
+                self.record(
+                    &d,
+                    Progress {
+                        state: DesktopState::Cloning,
+                        vm_moref: None,
+                        task_moref: Some(task.value),
+                        powered_on: false,
+                        last_error: None,
+                        snapshot_moref: Some(inv.snapshot.value.clone()),
+                    },
+                    Some((EventKind::CloneStarted, msg)),
+                )
+                .await
+            }
+            Err(e) => self.clone_failed(d, e).await,
+        }
+    }
+
+    async fn adopt(&self, d: &Desktop, vm: &MoRef, how: &str) -> Result<Option<Desktop>, Error> {
+        self.record(
+            d,
+            Progress {
+                state: DesktopState::Cloning,
+                vm_moref: Some(vm.value.clone()),
+                task_moref: None,
+                powered_on: false,
+                last_error: None,
+                snapshot_moref: None,
+            },
+            Some((
+                EventKind::Adopted,
+                format!("adopted VM {vm} for desktop {} ({how})", d.name),
+            )),
+        )
+        .await
+    }
+
+    async fn finish_clone(
+        &self,
+        d: Desktop,
+        started: Option<Instant>,
+    ) -> Result<Option<Desktop>, Error> {
+        let mut vm = d.vm_moref.as_deref().map(vm_ref);
+        if let Some(task) = d.task_moref.as_deref().filter(|_| vm.is_none()) {
+            match self.client.wait_task(&task_ref(task)).await {
+                Ok(Some(result)) => vm = Some(result),
+                Ok(None) => {}
+                // The task is gone (finished long ago): the UUID lookup below decides.
+                Err(e) if not_found(&e) => {}
+                Err(e @ VsError::Fault(_)) => return self.clone_failed(d, e).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let vm = match vm {
+            Some(vm) => vm,
+            None => match self
+                .client
+                .find_vm_by_instance_uuid(&d.instance_uuid.to_string())
+                .await?
+            {
+                Some(vm) => vm,
+                None => {
+                    // No VM and no running task: the clone never happened. Start over, in a
+                    // new worker with freshly resolved inventory (vCenter may have restarted).
+                    tracing::warn!(desktop = %d.name, "clone task vanished without a VM; cloning again");
+                    self.ctx.forget_inventory(self.pool_name());
+                    self.back_to_pending(&d).await?;
+                    return Ok(None);
+                }
+            },
+        };
+        let secs = started.map(|s| s.elapsed().as_secs_f64());
+        if let Some(secs) = secs {
+            metrics::histogram!("deskpool_clone_duration_seconds").record(secs);
+        }
+        let power_on = self.pool.spec.power_on;
+        let mut tx = self.ctx.begin().await?;
+        let row = desktops::set_progress(
+            &mut tx,
+            d.id,
+            &Progress {
+                state: if power_on {
+                    DesktopState::PoweringOn
+                } else {
+                    DesktopState::Ready
+                },
+                vm_moref: Some(vm.value.clone()),
+                task_moref: None,
+                powered_on: false,
+                last_error: None,
+                snapshot_moref: None,
+            },
+        )
+        .await?;
+        pools::record_clone_outcome(&mut tx, self.pool.id, true).await?;
+        let took = secs.map(|s| format!(" in {s:.1} s")).unwrap_or_default();
+        self.ctx
+            .event(
+                &mut tx,
+                self.pool_name(),
+                Some(&d.name),
+                EventKind::CloneSucceeded,
+                &format!("linked clone {} created{took} ({vm})", d.name),
+            )
+            .await?;
+        if !power_on {
+            self.ctx
+                .event(
+                    &mut tx,
+                    self.pool_name(),
+                    Some(&d.name),
+                    EventKind::DesktopReady,
+                    &format!("desktop {} is ready (left powered off)", d.name),
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(row.filter(|r| r.state != DesktopState::Deleting))
+    }
+
+    async fn power_on(&self, d: Desktop) -> Result<Option<Desktop>, Error> {
+        let Some(vm) = d.vm_moref.as_deref().map(vm_ref) else {
+            return self.vanished(d).await;
+        };
+        let task = match self.client.power_on(&vm).await {
+            Ok(t) => Some(t),
+            Err(e) if invalid_state(&e) => None, // already on (e.g. a retry after a crash)
+            Err(e) if not_found(&e) => return self.vanished(d).await,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(task) = task {
+            match self.client.wait_task(&task).await {
+                Ok(_) => {}
+                Err(e) if invalid_state(&e) => {}
+                Err(e @ VsError::Fault(_)) => return self.clone_failed(d, e).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.record(
+            &d,
+            Progress {
+                state: DesktopState::Ready,
+                vm_moref: None,
+                task_moref: None,
+                powered_on: true,
+                last_error: None,
+                snapshot_moref: None,
+            },
+            Some((
+                EventKind::DesktopReady,
+                format!("desktop {} powered on and ready", d.name),
+            )),
+        )
+        .await
+    }
+
+    async fn vanished(&self, d: Desktop) -> Result<Option<Desktop>, Error> {
+        tracing::warn!(desktop = %d.name, "VM vanished before power-on; the desktop will be replaced");
+        self.record(
+            &d,
+            Progress {
+                state: DesktopState::Failed,
+                vm_moref: None,
+                task_moref: None,
+                powered_on: false,
+                last_error: Some("its VM disappeared from vCenter".into()),
+                snapshot_moref: None,
+            },
+            None,
+        )
+        .await?;
+        Ok(None)
+    }
+
+    /// A clone (or its power-on) failed with `e`.
+    async fn clone_failed(&self, d: Desktop, e: VsError) -> Result<Option<Desktop>, Error> {
+        let kind = e.fault_kind().cloned();
+        match kind {
+            Some(FaultKind::DuplicateName { .. }) => return self.duplicate_name(d).await,
+            Some(FaultKind::ManagedObjectNotFound { .. }) => {
+                // A moref we resolved is gone (snapshot removed, vCenter restarted...): resolve
+                // again to tell a stale cache from a real problem.
+                self.ctx.forget_inventory(self.pool_name());
+                match inventory::resolve(self.client, &self.pool.spec).await {
+                    Err(ResolveError::Permanent(msg)) => {
+                        set_condition(self.ctx, self.pool, PoolState::Error, msg).await?;
+                        return Ok(None);
+                    }
+                    Err(ResolveError::Transient(e)) => return Err(e.into()),
+                    Ok(_) => {
+                        tracing::warn!(desktop = %d.name, error = %e, "inventory changed under the pool; cloning again with fresh references");
+                        return Ok(None);
+                    }
+                }
+            }
+            None => return Err(e.into()),
+            Some(_) => {}
+        }
+        let fault = e.to_string();
+        metrics::counter!("deskpool_clone_failures_total", "pool" => self.pool_name().to_owned(), "kind" => e.kind())
+            .increment(1);
+        let permanent = matches!(
+            kind,
+            Some(
+                FaultKind::InvalidDatastore
+                    | FaultKind::VmConfigFault
+                    | FaultKind::CustomizationFault
+            )
+        );
+        let mut tx = self.ctx.begin().await?;
+        desktops::set_progress(
+            &mut tx,
+            d.id,
+            &Progress {
+                state: DesktopState::Failed,
+                vm_moref: None,
+                task_moref: None,
+                powered_on: false,
+                last_error: Some(fault.clone()),
+                snapshot_moref: None,
+            },
+        )
+        .await?;
+        let failures = pools::record_clone_outcome(&mut tx, self.pool.id, false).await?;
+        self.ctx
+            .event(
+                &mut tx,
+                self.pool_name(),
+                Some(&d.name),
+                EventKind::CloneFailed,
+                &format!("provisioning {} failed: {fault}", d.name),
+            )
+            .await?;
+        let stop_after = self.ctx.cfg.stop_after_failures;
+        let condition = if permanent {
+            Some((
+                PoolState::Error,
+                EventKind::PoolError,
+                format!("clone of {} failed with {fault}: fix the pool's datastore, customization spec or golden VM, then save the pool", d.name),
+            ))
+        } else if stop_after > 0 && failures >= stop_after {
+            Some((
+                PoolState::Stopped,
+                EventKind::ProvisioningStopped,
+                format!("provisioning stopped after {failures} clone failures in a row (last: {fault}); resume the pool once the cause is fixed"),
+            ))
+        } else {
+            pools::set_note(
+                &mut tx,
+                self.pool.id,
+                Some(&format!("last clone failure: {fault}")),
+            )
+            .await?;
+            None
+        };
+        if let Some((state, kind, msg)) = &condition {
+            pools::set_status(
+                &mut tx,
+                self.pool.id,
+                &Status {
+                    state: *state,
+                    last_error: Some(msg.clone()),
+                    consecutive_failures: failures,
+                },
+            )
+            .await?;
+            self.ctx
+                .event(&mut tx, self.pool_name(), None, *kind, msg)
+                .await?;
+        }
+        tx.commit().await?;
+        if condition.is_none() {
+            self.ctx.back_off(self.pool_name());
+        }
+        Ok(None)
+    }
+
+    /// Puts the desktop back to `pending` (forgetting its task), to be cloned again.
+    async fn back_to_pending(&self, d: &Desktop) -> Result<Option<Desktop>, Error> {
+        self.record(
+            d,
+            Progress {
+                state: DesktopState::Pending,
+                vm_moref: None,
+                task_moref: None,
+                powered_on: false,
+                last_error: None,
+                snapshot_moref: None,
+            },
+            None,
+        )
+        .await
+    }
+
+    /// vCenter says the name is taken: find out by whom, never clone a second VM.
+    async fn duplicate_name(&self, d: Desktop) -> Result<Option<Desktop>, Error> {
+        if let Some(vm) = self
+            .client
+            .find_vm_by_instance_uuid(&d.instance_uuid.to_string())
+            .await?
+        {
+            return self
+                .adopt(&d, &vm, "DuplicateName resolved by instance UUID")
+                .await;
+        }
+        let path = format!("{}/{}", self.pool.spec.folder_path(), d.name);
+        let Some(vm) = self.client.find_by_inventory_path(&path).await? else {
+            // A clone of that name is still running (started before a restart), or the holder
+            // was just destroyed: try again after a pause.
+            tracing::info!(desktop = %d.name, "name taken by a clone in progress or just freed; retrying later");
+            self.back_to_pending(&d).await?;
+            self.ctx.back_off(self.pool_name());
+            return Ok(None);
+        };
+        let info = self.client.vm_info(&vm).await?;
+        let marker = |key: &str| {
+            info.as_ref().and_then(|i| {
+                i.extra_config
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        let ours = marker(MARKER_POOL).as_deref() == Some(self.pool_name());
+        if ours && marker(MARKER_DESKTOP) == Some(d.id.to_string()) {
+            return self
+                .adopt(&d, &vm, "DuplicateName resolved by ownership marker")
+                .await;
+        }
+        if ours {
+            // The name holder carries this pool's marker but another desktop id: the row it
+            // belonged to is gone (the name is unique in the database), so it is an orphan.
+            if destroy_vm(self.client, &vm).await? {
+                let msg = format!(
+                    "destroyed orphan VM {} ({vm}) that held the name of desktop {}",
+                    d.name, d.name
+                );
+                let mut tx = self.ctx.begin().await?;
+                self.ctx
+                    .event(
+                        &mut tx,
+                        self.pool_name(),
+                        Some(&d.name),
+                        EventKind::OrphanDestroyed,
+                        &msg,
+                    )
+                    .await?;
+                tx.commit().await?;
+            }
+            // Pending again and not fresh: the next round looks the UUID up, then clones.
+            return self.back_to_pending(&d).await;
+        }
+        let msg = format!("VM name '{}' is taken in '{}' by a VM deskpool does not manage: rename or move that VM, or change the pool's naming_pattern", d.name, self.pool.spec.folder_path());
+        set_condition(self.ctx, self.pool, PoolState::Error, msg).await?;
+        Ok(None)
+    }
+}
+
+/// Powers a VM off (if needed) and destroys it; a VM already gone is fine.
+async fn destroy_vm(client: &Client, vm: &MoRef) -> Result<bool, VsError> {
+    let Some(info) = client.vm_info(vm).await? else {
+        return Ok(false);
+    };
+    if info.power_state != PowerState::PoweredOff {
+        match client.power_off(vm).await {
+            Ok(task) => match client.wait_task(&task).await {
+                Ok(_) => {}
+                Err(e) if invalid_state(&e) => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) if invalid_state(&e) => {}
+            Err(e) if not_found(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    match client.destroy(vm).await {
+        Ok(task) => match client.wait_task(&task).await {
+            Ok(_) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(e),
+        },
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Starts a worker that powers off and destroys a `deleting` desktop's VM, then removes its row.
+pub(crate) fn spawn_delete(
+    ctx: &Arc<Ctx>,
+    vc: &Arc<Vcenter>,
+    client: &Client,
+    pool: &Arc<Pool>,
+    d: Desktop,
+) {
+    if !ctx.claim(d.id, pool.id, WorkerKind::Delete) {
+        return;
+    }
+    let (ctx, vc, client, pool) = (
+        Arc::clone(ctx),
+        Arc::clone(vc),
+        client.clone(),
+        Arc::clone(pool),
+    );
+    let span = tracing::info_span!("delete", pool = %pool.spec.name, desktop = %d.name);
+    tokio::spawn(
+        async move {
+            let id = d.id;
+            let result = match permit(&ctx, &vc).await {
+                Ok(_permit) => delete(&ctx, &client, &pool, d).await,
+                Err(e) => Err(e),
+            };
+            finish(&ctx, &pool.spec.name, id, "deletion", result);
+        }
+        .instrument(span),
+    );
+}
+
+async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(), Error> {
+    let mut vm = d.vm_moref.as_deref().map(vm_ref);
+    // A clone or power-on started earlier may still run: let it end first, so the VM it
+    // makes is destroyed too.
+    if let Some(task) = d.task_moref.as_deref() {
+        match client.wait_task(&task_ref(task)).await {
+            Ok(Some(r)) if r.kind == "VirtualMachine" && vm.is_none() => vm = Some(r),
+            Ok(_) | Err(VsError::Fault(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if vm.is_none() {
+        vm = client
+            .find_vm_by_instance_uuid(&d.instance_uuid.to_string())
+            .await?;
+    }
+    let destroyed = match &vm {
+        Some(vm) => destroy_vm(client, vm).await?,
+        None => false,
+    };
+    let mut tx = ctx.begin().await?;
+    desktops::delete(&mut tx, d.id).await?;
+    let msg = match (&vm, destroyed) {
+        (Some(vm), true) => format!("desktop {} destroyed ({vm})", d.name),
+        _ => format!("desktop {} removed (it had no VM)", d.name),
+    };
+    ctx.event(
+        &mut tx,
+        &pool.spec.name,
+        Some(&d.name),
+        EventKind::DesktopDestroyed,
+        &msg,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Destroys a VM that carries this pool's marker but matches no desktop row.
+pub(crate) fn spawn_orphan_destroy(
+    ctx: &Arc<Ctx>,
+    vc: &Arc<Vcenter>,
+    client: &Client,
+    pool: &Pool,
+    vm: VmInfo,
+) {
+    let (ctx, vc, client) = (Arc::clone(ctx), Arc::clone(vc), client.clone());
+    let pool = pool.spec.name.clone();
+    tokio::spawn(async move {
+        let Ok(_permit) = permit(&ctx, &vc).await else {
+            return;
+        };
+        match destroy_vm(&client, &vm.moref).await {
+            Ok(true) => {
+                let msg = format!(
+                    "destroyed orphan VM {} ({}): it carries this pool's marker but no desktop matches it",
+                    vm.name, vm.moref
+                );
+                let recorded = async {
+                    let mut tx = ctx.begin().await?;
+                    ctx.event(
+                        &mut tx,
+                        &pool,
+                        Some(&vm.name),
+                        EventKind::OrphanDestroyed,
+                        &msg,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok::<_, Error>(())
+                };
+                if let Err(e) = recorded.await {
+                    tracing::warn!(error = %e, "cannot record the orphan_destroyed event");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(pool, vm = %vm.name, error = %e, "cannot destroy orphan VM; next sweep retries")
+            }
+        }
+    });
+}

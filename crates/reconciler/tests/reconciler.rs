@@ -1,0 +1,381 @@
+//! The reconciler against a real PostgreSQL and the vcsim harness.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use deskpool_domain::{DesktopState, PoolState};
+use deskpool_reconciler::Role;
+use deskpool_store::pools;
+use deskpool_testkit::vcsim::{Vcsim, VcsimOptions};
+use rand::Rng;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+fn sim_opts(folders: &[&str], clone_delay_ms: u64) -> VcsimOptions {
+    VcsimOptions {
+        clone_delay: Duration::from_millis(clone_delay_ms),
+        folders: folders.iter().map(|f| f.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn fills_from_zero_with_linked_clones(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 200)).await;
+    create_pool(&db, &spec("lab", 10, 4)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 10).await;
+    let stats = sim.stats().await;
+    assert!(
+        stats.max_clones_in_flight_by_folder["lab"] <= 4,
+        "{stats:?}"
+    );
+    assert_eq!(stats.clone_requests, 10, "exactly one clone per desktop");
+    let kinds = event_kinds(&db, "lab").await;
+    for k in ["clone_started", "clone_succeeded", "desktop_ready"] {
+        assert_eq!(
+            kinds.iter().filter(|x| *x == k).count(),
+            10,
+            "{k}: {kinds:?}"
+        );
+    }
+    // The pool records the snapshot it resolved, and every desktop the one it was cloned from.
+    let golden = sim.golden().await;
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::get(&mut c, "lab").await.unwrap().unwrap();
+    assert_eq!(
+        p.snapshot_moref.as_deref(),
+        Some(golden.current_snapshot.as_str())
+    );
+    assert!(rows(&db, "lab")
+        .await
+        .iter()
+        .all(|d| d.snapshot_moref == p.snapshot_moref));
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn scales_up_and_down_while_provisioning(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 300)).await;
+    create_pool(&db, &spec("lab", 12, 4)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    eventually("some desktops ready", || async {
+        let r = rows(&db, "lab").await;
+        (r.iter().filter(|d| d.state == DesktopState::Ready).count() >= 3).then_some(())
+    })
+    .await;
+    set_target(&db, "lab", 3).await;
+    converged(&db, &sim, "lab", 3).await;
+    // Scale down keeps the lowest indexes (highest removed first) and reuses freed ones.
+    let idx: Vec<u32> = rows(&db, "lab").await.iter().map(|d| d.index).collect();
+    assert_eq!(idx, [1, 2, 3]);
+    set_target(&db, "lab", 7).await;
+    converged(&db, &sim, "lab", 7).await;
+    let idx: Vec<u32> = rows(&db, "lab").await.iter().map(|d| d.index).collect();
+    assert_eq!(idx, [1, 2, 3, 4, 5, 6, 7]);
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn concurrency_bounds_hold_at_the_harness(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["a", "b", "c"], 400)).await;
+    for p in ["a", "b", "c"] {
+        create_pool(&db, &spec(p, 8, 3)).await;
+    }
+    let mut cfg = config("a");
+    cfg.max_concurrent_per_vcenter = 5;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    for p in ["a", "b", "c"] {
+        converged(&db, &sim, p, 8).await;
+    }
+    let stats = sim.stats().await;
+    assert!(
+        stats.max_clones_in_flight <= 5,
+        "vCenter bound exceeded: {stats:?}"
+    );
+    for p in ["a", "b", "c"] {
+        assert!(
+            stats.max_clones_in_flight_by_folder[p] <= 3,
+            "pool bound exceeded: {stats:?}"
+        );
+    }
+    assert!(
+        stats.max_clones_in_flight >= 2,
+        "no parallelism at all: {stats:?}"
+    );
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn injected_failures_converge_and_leave_nothing_behind(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(VcsimOptions {
+        clone_fail_rate: 0.3,
+        fail_leave_vm_rate: 0.5,
+        seed: 7,
+        ..sim_opts(&["lab"], 100)
+    })
+    .await;
+    create_pool(&db, &spec("lab", 15, 5)).await;
+    let mut cfg = config("a");
+    cfg.stop_after_failures = 0; // keep going whatever the failure streak
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    converged(&db, &sim, "lab", 15).await;
+    let stats = sim.stats().await;
+    assert!(
+        stats.injected_clone_failures > 0,
+        "no failure was injected: {stats:?}"
+    );
+    let kinds = event_kinds(&db, "lab").await;
+    assert!(kinds.iter().any(|k| k == "clone_failed"));
+    // Every failed clone's row was replaced and any VM it left was destroyed: the folder
+    // holds exactly the 15 desktops (checked by `converged`), and the failure count is back.
+    let (state, _) = pool_state(&db, "lab").await;
+    assert_eq!(state, PoolState::Ok);
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn stops_after_consecutive_failures_until_resumed(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(VcsimOptions {
+        clone_fail_rate: 1.0,
+        ..sim_opts(&["lab"], 50)
+    })
+    .await;
+    create_pool(&db, &spec("lab", 4, 1)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    let msg = eventually("pool to stop provisioning", || async {
+        match pool_state(&db, "lab").await {
+            (PoolState::Stopped, Some(m)) => Some(m),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(
+        msg.contains("3 clone failures in a row") && msg.contains("resume"),
+        "{msg}"
+    );
+    let attempts = sim.stats().await.clone_requests;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sim.stats().await.clone_requests,
+        attempts,
+        "stopped pool kept cloning"
+    );
+    // Fix the cause, resume: the pool fills.
+    sim.set_config(serde_json::json!({"clone_fail_rate": 0.0}))
+        .await;
+    let mut c = db.acquire().await.unwrap();
+    pools::set_enabled(&mut c, "lab", true).await.unwrap();
+    converged(&db, &sim, "lab", 4).await;
+    assert!(event_kinds(&db, "lab")
+        .await
+        .contains(&"provisioning_stopped".to_owned()));
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn removed_snapshot_puts_the_pool_in_error(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 100)).await;
+    create_pool(&db, &spec("lab", 2, 2)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 2).await;
+    sim.remove_snapshots().await;
+    set_target(&db, "lab", 5).await;
+    let msg = eventually("pool to go to error", || async {
+        match pool_state(&db, "lab").await {
+            (PoolState::Error, Some(m)) => Some(m),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(
+        msg.contains("snapshot") && msg.contains("golden"),
+        "unclear message: {msg}"
+    );
+    let before = sim.stats().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sim.stats().await;
+    assert_eq!(
+        after.clone_requests, before.clone_requests,
+        "kept cloning in error"
+    );
+    assert_eq!(after.non_linked_clones, 0, "fell back to a full clone");
+    assert!(event_kinds(&db, "lab")
+        .await
+        .contains(&"pool_error".to_owned()));
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn crash_at_random_moments_converges_exactly(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 300)).await;
+    create_pool(&db, &spec("lab", 16, 6)).await;
+    let mut rng = rand::thread_rng();
+    for round in 0..10 {
+        // A new replica id each time, as after a real restart; a short TTL keeps the test quick.
+        let mut r = Replica::start(&opts, vec![vcenter(&sim)], config(&format!("r{round}")));
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..2500))).await;
+        r.crash();
+        if round % 3 == 1 {
+            // also change the target mid-crash-series
+            set_target(&db, "lab", rng.gen_range(8..20)).await;
+        }
+    }
+    set_target(&db, "lab", 16).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("final"));
+    converged(&db, &sim, "lab", 16).await;
+    let names: Vec<String> = rows(&db, "lab").await.into_iter().map(|d| d.name).collect();
+    let expected: Vec<String> = (1..=16).map(|i| format!("lab-{i:03}")).collect();
+    assert_eq!(names, expected);
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn simulator_restart_mid_fill_converges(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let mut sim = Vcsim::start(sim_opts(&["lab"], 300)).await;
+    create_pool(&db, &spec("lab", 8, 4)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    eventually("some desktops ready", || async {
+        let r = rows(&db, "lab").await;
+        (r.iter().filter(|d| d.state == DesktopState::Ready).count() >= 2).then_some(())
+    })
+    .await;
+    sim.restart().await; // inventory lost, sessions gone, morefs reused for other objects
+    converged(&db, &sim, "lab", 8).await;
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn session_expiry_mid_fill_is_transparent(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 400)).await;
+    create_pool(&db, &spec("lab", 12, 4)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        sim.expire_sessions().await;
+    }
+    converged(&db, &sim, "lab", 12).await;
+    assert!(
+        sim.stats().await.calls("Login") >= 2,
+        "never logged in again"
+    );
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn two_replicas_one_leader_and_takeover(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 200)).await;
+    create_pool(&db, &spec("lab", 10, 5)).await;
+    let a = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    let b = Replica::start(&opts, vec![vcenter(&sim)], config("b"));
+    converged(&db, &sim, "lab", 10).await;
+    assert_eq!(
+        sim.stats().await.clone_requests,
+        10,
+        "two replicas cloned the same desktops"
+    );
+    let mut replicas = [a, b];
+    let roles: Vec<Role> = replicas.iter().map(|r| r.status.role()).collect();
+    let leader = roles.iter().position(|r| *r == Role::Leader);
+    let leader = leader.unwrap_or_else(|| panic!("no leader: {roles:?}"));
+    assert_eq!(roles[1 - leader], Role::Standby, "{roles:?}");
+    // Kill the leader like kill -9; the standby takes over and handles the next change.
+    replicas[leader].crash();
+    let standby = &replicas[1 - leader];
+    eventually("standby to take over", || async {
+        (standby.status.role() == Role::Leader).then_some(())
+    })
+    .await;
+    set_target(&db, "lab", 14).await;
+    converged(&db, &sim, "lab", 14).await;
+    let leases: i64 = sqlx::query_scalar("SELECT token FROM leases")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(leases >= 2, "takeover did not bump the fencing token");
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn deleting_a_pool_removes_every_vm(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 100)).await;
+    create_pool(&db, &spec("lab", 6, 3)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 6).await;
+    let mut c = db.acquire().await.unwrap();
+    pools::mark_deleting(&mut c, "lab").await.unwrap();
+    eventually("pool row to disappear", || async {
+        let mut c = db.acquire().await.unwrap();
+        pools::get(&mut c, "lab")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(sim.vms(Some("lab")).await.is_empty(), "VMs left behind");
+    let kinds = event_kinds(&db, "lab").await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "desktop_destroyed").count(),
+        6
+    );
+    assert_eq!(kinds.last().map(String::as_str), Some("pool_deleted"));
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn orphans_are_destroyed_and_vanished_vms_replaced(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 50)).await;
+    create_pool(&db, &spec("lab", 3, 3)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 3).await;
+    // Forget one desktop in the database: its VM is now an orphan with this pool's marker.
+    let victim = rows(&db, "lab").await.pop().unwrap();
+    sqlx::query("DELETE FROM desktops WHERE id = $1")
+        .bind(victim.id)
+        .execute(&db)
+        .await
+        .unwrap();
+    eventually("orphan destroyed and replaced", || async {
+        let kinds = event_kinds(&db, "lab").await;
+        kinds.contains(&"orphan_destroyed".to_owned()).then_some(())
+    })
+    .await;
+    converged(&db, &sim, "lab", 3).await;
+    assert!(sim
+        .vms(Some("lab"))
+        .await
+        .iter()
+        .all(|v| v.instance_uuid != victim.instance_uuid.to_string()));
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_resize_wakes_the_reconciler_without_waiting_for_resync(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 0)).await;
+    create_pool(&db, &spec("lab", 1, 2)).await;
+    let mut cfg = config("a");
+    cfg.resync_interval = Duration::from_secs(3600);
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    converged(&db, &sim, "lab", 1).await;
+    set_target(&db, "lab", 3).await;
+    // With the periodic resync an hour away, only the NOTIFY can have woken it.
+    converged(&db, &sim, "lab", 3).await;
+}

@@ -1,0 +1,3 @@
+//! Test helpers shared by deskpool's integration tests.
+
+pub mod vcsim;

@@ -1,0 +1,169 @@
+//! Plain data types exchanged with callers.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Fault;
+
+/// A managed object reference: the vSphere type and the server-side id.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct MoRef {
+    /// Managed object type, e.g. `VirtualMachine`, `Task`.
+    pub kind: String,
+    /// Server-side id, e.g. `vm-42`.
+    pub value: String,
+}
+
+impl MoRef {
+    /// Build a reference from its type and id.
+    pub fn new(kind: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            value: value.into(),
+        }
+    }
+}
+
+impl fmt::Display for MoRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// Product information from the ServiceContent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct About {
+    /// e.g. "VMware vCenter Server 6.5.0 build-5973321".
+    pub full_name: String,
+    /// e.g. "6.5".
+    pub api_version: String,
+    /// vCenter's instance UUID: identifies this vCenter across restarts.
+    pub instance_uuid: String,
+    /// "VirtualCenter" or "HostAgent".
+    pub api_type: String,
+}
+
+/// Power state of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PowerState {
+    /// `poweredOn`.
+    PoweredOn,
+    /// `poweredOff`.
+    PoweredOff,
+    /// `suspended`.
+    Suspended,
+}
+
+impl PowerState {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "poweredOn" => Some(Self::PoweredOn),
+            "poweredOff" => Some(Self::PoweredOff),
+            "suspended" => Some(Self::Suspended),
+            _ => None,
+        }
+    }
+}
+
+/// What deskpool reads about a VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmInfo {
+    /// The VM.
+    pub moref: MoRef,
+    /// Display name (unique per folder).
+    pub name: String,
+    /// Runtime power state (PoweredOff if the server did not report one).
+    pub power_state: PowerState,
+    /// `config.instanceUuid`; None while the VM is being created.
+    pub instance_uuid: Option<String>,
+    /// `config.extraConfig` entries whose key starts with `deskpool.`.
+    pub extra_config: Vec<(String, String)>,
+}
+
+/// Task lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Waiting to run.
+    Queued,
+    /// In progress.
+    Running,
+    /// Finished successfully.
+    Success,
+    /// Finished with an error (see [`TaskInfo::error`]).
+    Error,
+}
+
+impl TaskState {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "queued" => Some(Self::Queued),
+            "running" => Some(Self::Running),
+            "success" => Some(Self::Success),
+            "error" => Some(Self::Error),
+            _ => None,
+        }
+    }
+
+    /// True for Success and Error.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Success | Self::Error)
+    }
+}
+
+/// The parts of `Task.info` deskpool uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskInfo {
+    /// The task.
+    pub moref: MoRef,
+    /// Current state.
+    pub state: TaskState,
+    /// Result as a managed object (the new VM for a clone), if the result is one.
+    pub result: Option<MoRef>,
+    /// The failure, when `state` is Error.
+    pub error: Option<Fault>,
+    /// The object the task runs on (the golden VM for a clone).
+    pub entity: Option<MoRef>,
+}
+
+/// A guest customization spec body (the children of `CustomizationSpec`), as XML ready to
+/// be embedded in `CloneSpec.customization`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomizationSpecXml(String);
+
+impl CustomizationSpecXml {
+    /// Wrap XML that is already a valid `CustomizationSpec` body in the `urn:vim25`
+    /// namespace, with type attributes written as `xsi:type`. It is sent verbatim: never
+    /// build it from untrusted input.
+    pub fn from_trusted_xml(xml: impl Into<String>) -> Self {
+        Self(xml.into())
+    }
+
+    /// The XML text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Everything needed for one linked clone of a golden VM's snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkedCloneSpec {
+    /// Name of the new VM (must be unique in `folder`).
+    pub name: String,
+    /// Destination VM folder.
+    pub folder: MoRef,
+    /// Destination resource pool.
+    pub resource_pool: MoRef,
+    /// Destination datastore; None keeps the golden VM's.
+    pub datastore: Option<MoRef>,
+    /// The golden VM's snapshot the delta disks are created from.
+    pub snapshot: MoRef,
+    /// Instance UUID for the clone (generated before the call to find it again after a crash).
+    pub instance_uuid: String,
+    /// `config.extraConfig` entries (ownership markers).
+    pub extra_config: Vec<(String, String)>,
+    /// Guest customization to apply.
+    pub customization: Option<CustomizationSpecXml>,
+    /// Sent as `powerOn`; deskpool passes false and powers on separately.
+    pub power_on: bool,
+}

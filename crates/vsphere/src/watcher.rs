@@ -1,0 +1,424 @@
+//! The task watcher: one background task per client that learns about task completions
+//! through a single outstanding `WaitForUpdatesEx` long poll.
+//!
+//! Layout on the server, rebuilt after every re-login (filters and views belong to the
+//! session):
+//! - a dedicated PropertyCollector (`CreatePropertyCollector`), so nobody else's filters
+//!   show up in our updates and ours can be dropped with the collector;
+//! - one ListView holding the watched tasks, changed with batched `ModifyListView` calls;
+//! - one filter on that view for `info.state`, `info.result`, `info.error`, `info.entity`.
+//!
+//! A task added to the view enters the filter with its current properties, so a task that
+//! finished before it was registered is still reported. Watching N tasks costs a few
+//! `ModifyListView` calls (registrations arriving together share one) plus one
+//! `WaitForUpdatesEx` per batch of changes; finished tasks leave the view with the next
+//! batch of additions instead of a call of their own.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::Inner;
+use crate::error::{Error, Fault, FaultKind};
+use crate::soap::{self, req, ObjectUpdate};
+use crate::types::{MoRef, TaskInfo, TaskState};
+use crate::xml::{Node, Writer};
+
+/// Registrations arriving within this window share one `ModifyListView`.
+const BATCH_WINDOW: Duration = Duration::from_millis(25);
+/// Consecutive failed rounds after which the waiters get the error instead of waiting on.
+const MAX_FAILURES: u32 = 3;
+/// Finished tasks kept in the view before a dedicated removal call is worth it.
+const MAX_STALE_IN_VIEW: usize = 1000;
+/// Final states remembered for tasks that left the view. Someone waiting again on such a
+/// task is answered from memory: a task re-added to a view may not be reported again (the
+/// simulator sends no `leave` on removal, so a re-add is no `enter` either).
+const MAX_KNOWN: usize = 50_000;
+
+const TASK_PROPS: &[&str] = &["info.state", "info.result", "info.error", "info.entity"];
+
+pub(crate) enum Cmd {
+    Watch {
+        task: MoRef,
+        reply: oneshot::Sender<Result<TaskInfo, Error>>,
+    },
+    Shutdown,
+}
+
+type Reply = oneshot::Sender<Result<TaskInfo, Error>>;
+
+/// What the filter told us so far about a task.
+#[derive(Default, Debug, Clone)]
+struct Known {
+    state: Option<TaskState>,
+    result: Option<MoRef>,
+    error: Option<Fault>,
+    entity: Option<MoRef>,
+}
+
+/// Server-side objects of the current session.
+struct ServerSide {
+    generation: u64,
+    pc: MoRef,
+    view: MoRef,
+    version: String,
+    in_view: HashSet<MoRef>,
+}
+
+struct Watcher {
+    inner: Arc<Inner>,
+    waiters: HashMap<MoRef, Vec<Reply>>,
+    known: HashMap<MoRef, Known>,
+    server: Option<ServerSide>,
+    failures: u32,
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    let mut reconnects = inner_reconnects(&inner);
+    let mut w = Watcher {
+        inner,
+        waiters: HashMap::new(),
+        known: HashMap::new(),
+        server: None,
+        failures: 0,
+    };
+    loop {
+        if w.waiters.is_empty() {
+            // Idle: no calls at all until someone waits (the keepalive covers the session).
+            match rx.recv().await {
+                Some(Cmd::Watch { task, reply }) => w.add_waiter(task, reply),
+                Some(Cmd::Shutdown) | None => return w.fail_all(|| Error::Closed),
+            }
+        }
+        if !w.drain(&mut rx).await {
+            return w.fail_all(|| Error::Closed);
+        }
+        if let Err(e) = w.round(&mut rx, &mut reconnects).await {
+            if matches!(e, Error::Closed) {
+                return w.fail_all(|| Error::Closed);
+            }
+            w.on_error(e).await;
+        }
+    }
+}
+
+fn inner_reconnects(inner: &Inner) -> tokio::sync::watch::Receiver<u64> {
+    inner.reconnects()
+}
+
+impl Watcher {
+    fn add_waiter(&mut self, task: MoRef, reply: Reply) {
+        // Already known to be finished (a second waiter on the same task): answer at once.
+        if let Some(k) = self.known.get(&task) {
+            if k.state.is_some_and(TaskState::is_finished) {
+                let _ = reply.send(Ok(task_info(&task, k)));
+                return;
+            }
+        }
+        self.waiters.entry(task).or_default().push(reply);
+    }
+
+    /// Collect registrations that arrive within the batch window. False on shutdown.
+    async fn drain(&mut self, rx: &mut mpsc::UnboundedReceiver<Cmd>) -> bool {
+        tokio::time::sleep(BATCH_WINDOW).await;
+        loop {
+            match rx.try_recv() {
+                Ok(Cmd::Watch { task, reply }) => self.add_waiter(task, reply),
+                Ok(Cmd::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => return false,
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    /// Set up if needed, sync the view, then long-poll until there is news (or a
+    /// registration or re-login needs the view changed).
+    async fn round(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Cmd>,
+        reconnects: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<(), Error> {
+        let generation = self.inner.session_generation();
+        if self
+            .server
+            .as_ref()
+            .is_none_or(|s| s.generation != generation)
+        {
+            self.setup(generation).await?;
+        }
+        self.sync_view().await?;
+        if self.waiters.is_empty() {
+            return Ok(());
+        }
+        let server = self.server.as_ref().ok_or(Error::Closed)?;
+        let pc = server.pc.clone();
+        let version = server.version.clone();
+        let inner = Arc::clone(&self.inner);
+        // maxWaitSeconds stays well below the HTTP timeout of the call.
+        let max_wait = (inner.call_timeout.as_secs() * 2 / 3).clamp(1, 60);
+        let wait = async move {
+            let mut w = Writer::new();
+            w.moref("_this", &pc);
+            if !version.is_empty() {
+                w.text("version", &version);
+            }
+            w.open("options")
+                .text("maxWaitSeconds", &max_wait.to_string())
+                .close("options");
+            inner.call("WaitForUpdatesEx", w.finish()).await
+        };
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                res = &mut wait => {
+                    let resp = res?;
+                    let (version, updates) = soap::parse_update_set(resp.body()?)?;
+                    self.failures = 0;
+                    if let (Some(v), Some(s)) = (version, self.server.as_mut()) {
+                        s.version = v;
+                    }
+                    self.apply(updates);
+                    return Ok(());
+                }
+                cmd = rx.recv() => {
+                    match cmd {
+                        Some(Cmd::Watch { task, reply }) => self.add_waiter(task, reply),
+                        Some(Cmd::Shutdown) | None => return Err(Error::Closed),
+                    }
+                    if !self.drain(rx).await {
+                        return Err(Error::Closed);
+                    }
+                    // The outstanding wait returns once the view change is visible.
+                    self.sync_view().await?;
+                }
+                changed = reconnects.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::Closed);
+                    }
+                    // The long poll belongs to the old session: drop it and rebuild.
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn setup(&mut self, generation: u64) -> Result<(), Error> {
+        self.server = None;
+        self.known.clear();
+        let content = &self.inner.content;
+        const CPC: &str = "CreatePropertyCollector";
+        let mut w = Writer::new();
+        w.moref("_this", &content.property_collector);
+        let pc = soap::parse_moref(CPC, &self.inner.call(CPC, w.finish()).await?.body()?)?;
+
+        const CLV: &str = "CreateListView";
+        let mut w = Writer::new();
+        w.moref("_this", &content.view_manager);
+        let view = soap::parse_moref(CLV, &self.inner.call(CLV, w.finish()).await?.body()?)?;
+
+        const CF: &str = "CreateFilter";
+        let mut w = Writer::new();
+        w.moref("_this", &pc).open("spec");
+        req::filter_spec_view(&mut w, "Task", TASK_PROPS, &view);
+        w.close("spec").boolean("partialUpdates", false);
+        self.inner.call(CF, w.finish()).await?;
+        tracing::debug!(collector = %pc, view = %view, "task watcher ready");
+        self.server = Some(ServerSide {
+            generation,
+            pc,
+            view,
+            version: String::new(),
+            in_view: HashSet::new(),
+        });
+        Ok(())
+    }
+
+    /// One `ModifyListView` adding every waited-for task not yet in the view and removing
+    /// finished ones (only when something is added anyway, or too many piled up).
+    async fn sync_view(&mut self) -> Result<(), Error> {
+        const M: &str = "ModifyListView";
+        for _attempt in 0..8 {
+            let Some(server) = self.server.as_mut() else {
+                return Ok(());
+            };
+            let add: Vec<MoRef> = self
+                .waiters
+                .keys()
+                .filter(|t| !server.in_view.contains(*t))
+                .cloned()
+                .collect();
+            let stale: Vec<MoRef> = server
+                .in_view
+                .iter()
+                .filter(|t| !self.waiters.contains_key(*t))
+                .cloned()
+                .collect();
+            if add.is_empty() && stale.len() < MAX_STALE_IN_VIEW {
+                return Ok(());
+            }
+            let mut w = Writer::new();
+            w.moref("_this", &server.view);
+            for t in &add {
+                w.moref("add", t);
+            }
+            for t in &stale {
+                w.moref("remove", t);
+            }
+            match self.inner.call(M, w.finish()).await {
+                Ok(resp) => {
+                    let body = resp.body()?;
+                    for t in &stale {
+                        server.in_view.remove(t);
+                    }
+                    if self.known.len() > MAX_KNOWN {
+                        let in_view = &server.in_view;
+                        self.known.retain(|t, _| in_view.contains(t));
+                    }
+                    // vCenter lists the objects it could not add (already deleted).
+                    let missing: Vec<MoRef> = body
+                        .children_named("returnval")
+                        .filter_map(Node::as_moref)
+                        .collect();
+                    for t in add {
+                        if !missing.contains(&t) {
+                            server.in_view.insert(t);
+                        }
+                    }
+                    for t in missing {
+                        self.fail_task(&t);
+                    }
+                    return Ok(());
+                }
+                // The simulator faults instead, naming the first missing task.
+                Err(Error::Fault(Fault {
+                    kind: FaultKind::ManagedObjectNotFound { obj: Some(obj) },
+                    ..
+                })) if self.waiters.contains_key(&obj) => {
+                    for t in &stale {
+                        server.in_view.remove(t);
+                    }
+                    self.fail_task(&obj);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_task(&mut self, task: &MoRef) {
+        for reply in self.waiters.remove(task).unwrap_or_default() {
+            let _ = reply.send(Err(not_found(task)));
+        }
+    }
+
+    fn apply(&mut self, updates: Vec<ObjectUpdate<'_>>) {
+        let mut touched = Vec::new();
+        for u in updates {
+            if u.kind == "leave" {
+                self.known.remove(&u.obj);
+                self.fail_task(&u.obj);
+                continue;
+            }
+            let k = self.known.entry(u.obj.clone()).or_default();
+            for (name, val) in u.changes {
+                match name.as_ref() {
+                    "info.state" => {
+                        k.state = val.as_ref().and_then(|v| TaskState::parse(&v.text));
+                    }
+                    "info.result" => k.result = val.as_ref().and_then(Node::as_moref),
+                    "info.error" => k.error = val.as_ref().map(soap::parse_localized_fault),
+                    "info.entity" => k.entity = val.as_ref().and_then(Node::as_moref),
+                    "info" => {
+                        if let Some(Ok(ti)) = val
+                            .as_ref()
+                            .map(|v| soap::parse_task_info("WaitForUpdatesEx", v))
+                        {
+                            *k = Known {
+                                state: Some(ti.state),
+                                result: ti.result,
+                                error: ti.error,
+                                entity: ti.entity,
+                            };
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            touched.push(u.obj);
+        }
+        for task in touched {
+            let Some(k) = self.known.get(&task) else {
+                continue;
+            };
+            if k.state.is_some_and(TaskState::is_finished) {
+                let info = task_info(&task, k);
+                for reply in self.waiters.remove(&task).unwrap_or_default() {
+                    let _ = reply.send(Ok(info.clone()));
+                }
+            }
+        }
+    }
+
+    async fn on_error(&mut self, e: Error) {
+        let relogged = self
+            .server
+            .as_ref()
+            .is_some_and(|s| s.generation != self.inner.session_generation());
+        // Whatever failed, the server-side objects are suspect: rebuild them.
+        self.server = None;
+        if relogged {
+            tracing::debug!("task watcher rebuilding its filter after a re-login");
+            return;
+        }
+        self.failures += 1;
+        tracing::warn!(error = %e, failures = self.failures, "task watcher round failed");
+        if self.failures >= MAX_FAILURES {
+            let detail = e.to_string();
+            let transient = e.is_transient();
+            let url = self.inner.url_display.clone();
+            self.fail_all(|| {
+                if transient {
+                    Error::Transport {
+                        method: "WaitForUpdatesEx",
+                        url: url.clone(),
+                        detail: detail.clone(),
+                        source: None,
+                    }
+                } else {
+                    Error::parse("WaitForUpdatesEx", detail.clone())
+                }
+            });
+            self.failures = 0;
+        }
+        let backoff = Duration::from_millis(250 * 2u64.pow(self.failures.min(4)));
+        tokio::time::sleep(backoff).await;
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> Error) {
+        for (_, replies) in self.waiters.drain() {
+            for r in replies {
+                let _ = r.send(Err(err()));
+            }
+        }
+    }
+}
+
+fn task_info(task: &MoRef, k: &Known) -> TaskInfo {
+    TaskInfo {
+        moref: task.clone(),
+        state: k.state.unwrap_or(TaskState::Running),
+        result: k.result.clone(),
+        error: k.error.clone(),
+        entity: k.entity.clone(),
+    }
+}
+
+fn not_found(task: &MoRef) -> Error {
+    Error::Fault(Fault::new(
+        FaultKind::ManagedObjectNotFound {
+            obj: Some(task.clone()),
+        },
+        format!("task {task} no longer exists; look the VM up by its instance UUID"),
+    ))
+}

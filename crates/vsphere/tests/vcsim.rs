@@ -1,0 +1,603 @@
+//! Integration tests against the govmomi simulator harness (deskpool-testkit).
+
+use std::time::Duration;
+
+use deskpool_testkit::vcsim::{Vcsim, VcsimOptions};
+use deskpool_vsphere::{
+    Client, ClientOptions, Error, FaultKind, LinkedCloneSpec, MoRef, PowerState, TaskState,
+};
+use secrecy::SecretString;
+
+fn options(sim: &Vcsim) -> ClientOptions {
+    let mut o = ClientOptions::new(
+        sim.sdk_url.parse().unwrap(),
+        sim.username.clone(),
+        SecretString::from(sim.password.clone()),
+    );
+    o.call_timeout = Duration::from_secs(15);
+    o
+}
+
+async fn connect(sim: &Vcsim) -> Client {
+    Client::connect(options(sim)).await.expect("connect")
+}
+
+struct Placement {
+    golden: MoRef,
+    snapshot: MoRef,
+    folder: MoRef,
+    pool: MoRef,
+}
+
+async fn placement(vc: &Client, sim: &Vcsim, folder: &str) -> Placement {
+    let golden = vc
+        .find_by_inventory_path(&sim.golden_path)
+        .await
+        .unwrap()
+        .expect("golden");
+    Placement {
+        snapshot: vc.resolve_snapshot(&golden, "current").await.unwrap(),
+        golden,
+        folder: vc
+            .find_by_inventory_path(folder)
+            .await
+            .unwrap()
+            .expect("folder"),
+        pool: vc
+            .find_by_inventory_path("DC0/host/DC0_C0/Resources")
+            .await
+            .unwrap()
+            .expect("resource pool"),
+    }
+}
+
+fn spec(p: &Placement, name: &str) -> LinkedCloneSpec {
+    LinkedCloneSpec {
+        name: name.into(),
+        folder: p.folder.clone(),
+        resource_pool: p.pool.clone(),
+        datastore: None,
+        snapshot: p.snapshot.clone(),
+        instance_uuid: uuid::Uuid::new_v4().to_string(),
+        extra_config: vec![
+            ("deskpool.pool".into(), "lab".into()),
+            ("deskpool.desktop".into(), name.into()),
+        ],
+        customization: None,
+        power_on: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_lookups_and_logout() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    assert!(vc.is_connected());
+    assert_eq!(vc.about().api_type, "VirtualCenter");
+    assert!(!vc.about().instance_uuid.is_empty());
+
+    let golden = vc
+        .find_by_inventory_path(&sim.golden_path)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(golden.kind, "VirtualMachine");
+    assert_eq!(golden.value, sim.golden_moref);
+    assert_eq!(
+        vc.find_by_inventory_path("DC0/vm/nope").await.unwrap(),
+        None
+    );
+    // Hostile input is escaped, not interpreted.
+    assert_eq!(
+        vc.find_by_inventory_path("</inventoryPath><x>&")
+            .await
+            .unwrap(),
+        None
+    );
+
+    let info = vc.vm_info(&golden).await.unwrap().unwrap();
+    assert_eq!(info.name, "golden");
+    let uuid = info.instance_uuid.clone().unwrap();
+    assert_eq!(
+        vc.find_vm_by_instance_uuid(&uuid).await.unwrap(),
+        Some(golden.clone())
+    );
+    assert_eq!(
+        vc.find_vm_by_instance_uuid("00000000-0000-0000-0000-000000000000")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        vc.vm_info(&MoRef::new("VirtualMachine", "vm-99999"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let before = vc.soap_calls();
+    vc.find_by_inventory_path(&sim.golden_path).await.unwrap();
+    assert_eq!(vc.soap_calls(), before + 1);
+
+    vc.logout().await.unwrap();
+    assert!(!vc.is_connected());
+    assert!(matches!(
+        vc.find_by_inventory_path("DC0").await,
+        Err(Error::Closed)
+    ));
+    let stats = sim.stats().await;
+    assert_eq!(stats.calls("Login"), 1);
+    assert_eq!(stats.calls("Logout"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_invalid_login() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let mut o = options(&sim);
+    o.password = SecretString::from("wrong".to_string());
+    let err = Client::connect(o).await.unwrap_err();
+    assert_eq!(err.fault_kind(), Some(&FaultKind::InvalidLogin), "{err}");
+    assert!(!err.is_transient());
+    assert!(!format!("{err:?}").contains("wrong"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_vcenter_is_a_transient_transport_error() {
+    let mut o = ClientOptions::new(
+        "http://127.0.0.1:9/sdk".parse().unwrap(),
+        "u",
+        SecretString::from("p".to_string()),
+    );
+    o.connect_timeout = Duration::from_secs(2);
+    let err = Client::connect(o).await.unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err}");
+    assert!(err.is_transient());
+    assert_eq!(err.kind(), "transport");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_clone_power_and_destroy() {
+    let sim = Vcsim::start(VcsimOptions {
+        clone_delay: Duration::from_millis(300),
+        power_delay: Duration::from_millis(100),
+        folders: vec!["pool-a".into()],
+        ..Default::default()
+    })
+    .await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm/pool-a").await;
+    let s = spec(&p, "desk-001");
+
+    let task = vc.clone_linked(&p.golden, &s).await.unwrap();
+    assert_eq!(task.kind, "Task");
+    let vm = vc.wait_task(&task).await.unwrap().expect("clone result");
+    assert_eq!(vm.kind, "VirtualMachine");
+
+    let info = vc.vm_info(&vm).await.unwrap().unwrap();
+    assert_eq!(info.name, "desk-001");
+    assert_eq!(info.power_state, PowerState::PoweredOff);
+    assert_eq!(
+        info.instance_uuid.as_deref(),
+        Some(s.instance_uuid.as_str())
+    );
+    let mut ec = info.extra_config.clone();
+    ec.sort();
+    assert_eq!(
+        ec,
+        vec![
+            ("deskpool.desktop".to_string(), "desk-001".to_string()),
+            ("deskpool.pool".to_string(), "lab".to_string())
+        ]
+    );
+    assert_eq!(
+        vc.find_vm_by_instance_uuid(&s.instance_uuid).await.unwrap(),
+        Some(vm.clone())
+    );
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats.non_linked_clones, 0,
+        "the clone must be a linked clone"
+    );
+    assert_eq!(stats.clones_succeeded, 1);
+
+    // A finished task read once, and a second wait on it, both report the result.
+    let ti = vc.task_info(&task).await.unwrap();
+    assert_eq!(ti.state, TaskState::Success);
+    assert_eq!(ti.result, Some(vm.clone()));
+    assert_eq!(ti.entity, Some(p.golden.clone()));
+    assert_eq!(vc.wait_task(&task).await.unwrap(), Some(vm.clone()));
+
+    vc.wait_task(&vc.power_on(&vm).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        vc.vm_info(&vm).await.unwrap().unwrap().power_state,
+        PowerState::PoweredOn
+    );
+    let listed = vc.list_vms(&p.folder).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].moref, vm);
+    assert_eq!(listed[0].power_state, PowerState::PoweredOn);
+
+    // Destroying a powered-on VM fails with InvalidPowerState (an InvalidState).
+    let err = vc.wait_task(&vc.destroy(&vm).await.unwrap()).await;
+    if let Err(e) = &err {
+        assert_eq!(e.fault_kind(), Some(&FaultKind::InvalidState), "{e}");
+    }
+    if vc.vm_info(&vm).await.unwrap().is_some() {
+        vc.wait_task(&vc.power_off(&vm).await.unwrap())
+            .await
+            .unwrap();
+        vc.wait_task(&vc.destroy(&vm).await.unwrap()).await.unwrap();
+    }
+    assert_eq!(vc.vm_info(&vm).await.unwrap(), None);
+    assert!(sim.vms(Some("pool-a")).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_name_is_a_permanent_fault() {
+    let sim = Vcsim::start(VcsimOptions {
+        folders: vec!["pool-a".into()],
+        ..Default::default()
+    })
+    .await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm/pool-a").await;
+    let first = vc
+        .clone_linked(&p.golden, &spec(&p, "desk-dup"))
+        .await
+        .unwrap();
+    vc.wait_task(&first).await.unwrap();
+    let second = vc
+        .clone_linked(&p.golden, &spec(&p, "desk-dup"))
+        .await
+        .unwrap();
+    let err = vc.wait_task(&second).await.unwrap_err();
+    assert_eq!(
+        err.fault_kind(),
+        Some(&FaultKind::DuplicateName {
+            name: "desk-dup".into()
+        }),
+        "{err}"
+    );
+    assert_eq!(err.kind(), "duplicate_name");
+    assert!(!err.is_transient());
+    let ti = vc.task_info(&second).await.unwrap();
+    assert_eq!(ti.state, TaskState::Error);
+    assert_eq!(sim.stats().await.duplicate_name_errors, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_clone_failures_are_transient_faults() {
+    let sim = Vcsim::start(VcsimOptions {
+        clone_delay: Duration::from_millis(100),
+        clone_fail_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    for i in 0..3 {
+        let t = vc
+            .clone_linked(&p.golden, &spec(&p, &format!("fail-{i}")))
+            .await
+            .unwrap();
+        let err = vc.wait_task(&t).await.unwrap_err();
+        assert_eq!(
+            err.fault_kind(),
+            Some(&FaultKind::InsufficientResources),
+            "{err}"
+        );
+        assert!(err.is_transient());
+    }
+    assert_eq!(sim.stats().await.injected_clone_failures, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_session_relogs_in_transparently_and_the_watcher_recovers() {
+    let sim = Vcsim::start(VcsimOptions {
+        clone_delay: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let vc = connect(&sim).await;
+    let mut reconnects = vc.subscribe_reconnects();
+    let p = placement(&vc, &sim, "DC0/vm").await;
+
+    sim.expire_sessions().await;
+    // The next call hits NotAuthenticated, logs in once and is retried.
+    assert!(vc
+        .find_by_inventory_path(&sim.golden_path)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(vc.is_connected());
+    assert_eq!(*reconnects.borrow_and_update(), 1);
+    assert_eq!(sim.stats().await.calls("Login"), 2);
+
+    // Expire while the watcher long-polls: it rebuilds its filter on the new session and
+    // still sees the task finish.
+    let task = vc
+        .clone_linked(&p.golden, &spec(&p, "desk-exp"))
+        .await
+        .unwrap();
+    let waiter = {
+        let vc = vc.clone();
+        let task = task.clone();
+        tokio::spawn(async move { vc.wait_task(&task).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sim.expire_sessions().await;
+    let vm = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("wait_task finished")
+        .unwrap()
+        .unwrap();
+    assert!(vm.is_some());
+    // Later tasks are watched through filters of the new session.
+    let task = vc
+        .clone_linked(&p.golden, &spec(&p, "desk-exp2"))
+        .await
+        .unwrap();
+    assert!(vc.wait_task(&task).await.unwrap().is_some());
+    let stats = sim.stats().await;
+    assert!(stats.calls("Login") >= 3, "{:?}", stats.soap_calls);
+    assert!(
+        stats.calls("CreatePropertyCollector") >= 2,
+        "watcher rebuilt: {:?}",
+        stats.soap_calls
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_vcenter_relogs_in() {
+    let mut sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    sim.restart().await;
+    assert!(vc
+        .find_by_inventory_path(&sim.golden_path)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(vc.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_task_is_managed_object_not_found() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let gone = MoRef::new("Task", "task-999999");
+    let err = vc.wait_task(&gone).await.unwrap_err();
+    assert!(
+        matches!(
+            err.fault_kind(),
+            Some(FaultKind::ManagedObjectNotFound { .. })
+        ),
+        "{err}"
+    );
+    let err = vc.task_info(&gone).await.unwrap_err();
+    assert!(
+        matches!(
+            err.fault_kind(),
+            Some(FaultKind::ManagedObjectNotFound { .. })
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_resolution() {
+    let sim = Vcsim::start(VcsimOptions {
+        snapshots: [
+            "base",
+            "base/v2",
+            "v2",
+            "base/v2/v2",
+            "dup",
+            "dup",
+            "base/v3",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    })
+    .await;
+    let vc = connect(&sim).await;
+    let golden = vc
+        .find_by_inventory_path(&sim.golden_path)
+        .await
+        .unwrap()
+        .unwrap();
+    let base_v2 = vc.resolve_snapshot(&golden, "base/v2").await.unwrap();
+    let v2 = vc.resolve_snapshot(&golden, "v2").await.unwrap();
+    let deep = vc.resolve_snapshot(&golden, "base/v2/v2").await.unwrap();
+    assert_eq!(base_v2.kind, "VirtualMachineSnapshot");
+    assert_ne!(
+        base_v2, v2,
+        "same name at another depth is another snapshot"
+    );
+    assert_ne!(base_v2, deep);
+    let current = vc.resolve_snapshot(&golden, "current").await.unwrap();
+    assert_eq!(
+        current,
+        vc.resolve_snapshot(&golden, "base/v3").await.unwrap()
+    );
+
+    let err = vc.resolve_snapshot(&golden, "base/v4").await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Snapshot { .. }));
+    assert!(msg.contains("'base/v4' not found on VM 'golden"), "{msg}");
+    assert!(msg.contains("base/v2/v2"), "lists candidates: {msg}");
+
+    let err = vc.resolve_snapshot(&golden, "dup").await.unwrap_err();
+    match &err {
+        Error::Snapshot {
+            problem,
+            candidates,
+            ..
+        } => {
+            assert!(problem.contains("ambiguous"), "{problem}");
+            assert_eq!(candidates.len(), 2);
+        }
+        other => panic!("expected ambiguity, got {other}"),
+    }
+
+    sim.remove_snapshots().await;
+    let err = vc.resolve_snapshot(&golden, "current").await.unwrap_err();
+    assert!(err.to_string().contains("no snapshots"), "{err}");
+    assert_eq!(err.kind(), "snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_vms_reads_every_page() {
+    let sim = Vcsim::start(VcsimOptions {
+        folders: vec!["pool-p".into()],
+        ..Default::default()
+    })
+    .await;
+    let mut o = options(&sim);
+    o.page_size = 10;
+    let vc = Client::connect(o).await.unwrap();
+    let p = placement(&vc, &sim, "DC0/vm/pool-p").await;
+    let tasks: Vec<_> = futures::future::join_all((0..25).map(|i| {
+        let (vc, p) = (&vc, &p);
+        async move {
+            vc.clone_linked(&p.golden, &spec(p, &format!("page-{i:02}")))
+                .await
+        }
+    }))
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    for r in futures::future::join_all(tasks.iter().map(|t| vc.wait_task(t))).await {
+        r.unwrap();
+    }
+    let mut names: Vec<String> = vc
+        .list_vms(&p.folder)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        (0..25).map(|i| format!("page-{i:02}")).collect::<Vec<_>>()
+    );
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats.calls("DestroyView"),
+        1,
+        "the container view is destroyed"
+    );
+    // Non-recursive: the golden VM in DC0/vm is not listed from DC0/vm/pool-p, and the
+    // clones are not listed from DC0/vm.
+    let root = vc.find_by_inventory_path("DC0/vm").await.unwrap().unwrap();
+    assert!(vc
+        .list_vms(&root)
+        .await
+        .unwrap()
+        .iter()
+        .all(|v| !v.name.starts_with("page-")));
+    // The whole inventory, recursively: the golden VM and every clone.
+    let all = vc.list_all_vms().await.unwrap();
+    assert_eq!(
+        all.iter().filter(|v| v.name.starts_with("page-")).count(),
+        25
+    );
+    assert!(all.iter().any(|v| v.name == "golden"));
+    assert_eq!(sim.stats().await.calls("DestroyView"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customization_spec_round_trips_into_a_clone() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let cs = vc.customization_spec("vcsim-linux").await.unwrap();
+    assert!(
+        cs.as_str().contains("CustomizationLinuxPrep"),
+        "{}",
+        cs.as_str()
+    );
+    let err = vc.customization_spec("nope").await.unwrap_err();
+    assert!(err.fault().is_some(), "{err}");
+
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let mut s = spec(&p, "desk-cust");
+    s.customization = Some(cs);
+    let vm = vc
+        .wait_task(&vc.clone_linked(&p.golden, &s).await.unwrap())
+        .await
+        .unwrap();
+    assert!(vm.is_some());
+}
+
+/// 100 concurrent clone tasks are watched with a bounded number of SOAP calls: one long
+/// poll for all of them, never one call per task per tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_follows_100_clones_with_bounded_calls() {
+    const N: u64 = 100;
+    let sim = Vcsim::start(VcsimOptions {
+        clone_delay: Duration::from_millis(1500),
+        folders: vec!["pool-w".into()],
+        ..Default::default()
+    })
+    .await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm/pool-w").await;
+    sim.reset_stats().await;
+
+    let results = futures::future::join_all((0..N).map(|i| {
+        let (vc, p) = (&vc, &p);
+        async move {
+            let t = vc
+                .clone_linked(&p.golden, &spec(p, &format!("w-{i:03}")))
+                .await?;
+            vc.wait_task(&t).await
+        }
+    }))
+    .await;
+    assert!(results.iter().all(|r| matches!(r, Ok(Some(_)))));
+    let stats = sim.stats().await;
+    assert_eq!(stats.calls("CloneVM_Task"), N);
+    assert!(stats.max_clones_in_flight > 1, "clones overlapped");
+    let watch = stats.soap_calls_total - N;
+    println!(
+        "watching {N} clone tasks took {watch} SOAP calls: {:?}",
+        stats.soap_calls
+    );
+    // N + constant at most (in practice a handful: batched ModifyListView + long polls).
+    assert!(
+        watch <= N + 10,
+        "watch calls {watch} > {N} + 10: {:?}",
+        stats.soap_calls
+    );
+    assert_eq!(
+        stats.calls("RetrievePropertiesEx"),
+        0,
+        "no per-task polling"
+    );
+    assert_eq!(sim.vms(Some("pool-w")).await.len(), N as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_prevents_idle_expiry() {
+    let sim = Vcsim::start(VcsimOptions {
+        session_idle: Some(Duration::from_secs(2)),
+        ..Default::default()
+    })
+    .await;
+    let mut o = options(&sim);
+    o.keepalive_interval = Duration::from_millis(500);
+    let vc = Client::connect(o).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(vc
+        .find_by_inventory_path(&sim.golden_path)
+        .await
+        .unwrap()
+        .is_some());
+    let stats = sim.stats().await;
+    assert!(stats.calls("CurrentTime") >= 3, "{:?}", stats.soap_calls);
+    assert_eq!(stats.calls("Login"), 1, "the session never expired");
+}

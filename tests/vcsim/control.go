@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// Control API (JSON over HTTP, on -control-listen):
+//
+//	GET  /stats            counters: soap_calls{method:n}, soap_calls_total, clone_requests,
+//	                       non_linked_clones, clones_succeeded, clones_failed,
+//	                       injected_clone_failures, duplicate_name_errors, clones_in_flight,
+//	                       max_clones_in_flight, clones_in_flight_by_folder,
+//	                       max_clones_in_flight_by_folder, vm_count, config
+//	POST /stats/reset      zero counters and maxima
+//	POST /sessions/expire  terminate all SOAP sessions ({"expired":n})
+//	GET|POST /config       {"clone_delay_ms","power_delay_ms","clone_fail_rate","fail_leave_vm_rate"} (any subset)
+//	POST /snapshots/remove remove all snapshots of the golden VM
+//	POST /folders          {"name":"pool-a"} -> {"moref","created","path"} (DC0/vm/NAME, idempotent)
+//	GET  /vms[?folder=X]   [{name,moref,power_state,instance_uuid,extra_config,folder,folder_moref,
+//	                       snapshots,current_snapshot}] (X = folder name or moref)
+func (h *harness) controlMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/stats", h.only(http.MethodGet, h.handleStats))
+	mux.HandleFunc("/stats/reset", h.only(http.MethodPost, h.handleResetStats))
+	mux.HandleFunc("/sessions/expire", h.only(http.MethodPost, h.handleExpireSessions))
+	mux.HandleFunc("/config", h.handleConfig)
+	mux.HandleFunc("/snapshots/remove", h.only(http.MethodPost, h.handleRemoveSnapshots))
+	mux.HandleFunc("/folders", h.only(http.MethodPost, h.handleCreateFolder))
+	mux.HandleFunc("/vms", h.only(http.MethodGet, h.handleVMs))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]bool{"ok": true}) })
+	return mux
+}
+
+func (h *harness) only(method string, f http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != method {
+			writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "use " + method})
+			return
+		}
+		f(w, r)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v interface{}) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+func (h *harness) handleStats(w http.ResponseWriter, _ *http.Request) {
+	vmCount := len(simulator.Map.All("VirtualMachine"))
+	h.mu.Lock()
+	st := h.stats
+	calls := make(map[string]int64, len(st.soapCalls))
+	for k, v := range st.soapCalls {
+		calls[k] = v
+	}
+	maxBy := map[string]int64{}
+	for k, v := range st.maxInFlightByFoler {
+		maxBy[k] = v
+	}
+	curBy := map[string]int64{}
+	for k, v := range st.inFlightByFolder {
+		if v != 0 {
+			curBy[k] = v
+		}
+	}
+	cfg := h.cfg
+	h.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]interface{}{
+		"soap_calls":                     calls,
+		"soap_calls_total":               st.soapTotal,
+		"clone_requests":                 st.cloneRequests,
+		"non_linked_clones":              st.nonLinked,
+		"clones_succeeded":               st.clonesOK,
+		"clones_failed":                  st.clonesFailed,
+		"injected_clone_failures":        st.injectedFailures,
+		"duplicate_name_errors":          st.duplicateNames,
+		"clones_in_flight":               st.inFlight,
+		"max_clones_in_flight":           st.maxInFlight,
+		"clones_in_flight_by_folder":     curBy,
+		"max_clones_in_flight_by_folder": maxBy,
+		"vm_count":                       vmCount,
+		"config": map[string]interface{}{
+			"clone_delay_ms":     cfg.cloneDelay.Milliseconds(),
+			"power_delay_ms":     cfg.powerDelay.Milliseconds(),
+			"clone_fail_rate":    cfg.failRate,
+			"fail_leave_vm_rate": cfg.leaveVMRate,
+		},
+	})
+}
+
+// handleResetStats zeroes counters and maxima. Clones still in flight stay
+// counted as in flight (and become the new maxima).
+func (h *harness) handleResetStats(w http.ResponseWriter, _ *http.Request) {
+	h.mu.Lock()
+	old := h.stats
+	h.stats = newCounters()
+	h.stats.inFlight = old.inFlight
+	h.stats.maxInFlight = old.inFlight
+	for k, v := range old.inFlightByFolder {
+		if v != 0 {
+			h.stats.inFlightByFolder[k] = v
+			h.stats.maxInFlightByFoler[k] = v
+		}
+	}
+	h.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+// handleExpireSessions terminates every session known to the SessionManager:
+// the next call with an old cookie gets NotAuthenticated.
+func (h *harness) handleExpireSessions(w http.ResponseWriter, _ *http.Request) {
+	sm := simulator.Map.SessionManager()
+	// A Session's Get on the SessionManager returns a copy with SessionList
+	// filled from the private session map (under the simulator's mutex).
+	probe := &simulator.Session{UserSession: types.UserSession{Key: "deskpool-vcsim-control"}, Registry: simulator.NewRegistry()}
+	view, ok := probe.Get(sm.Reference()).(*simulator.SessionManager)
+	if !ok {
+		writeErr(w, http.StatusInternalServerError, fmt.Errorf("cannot list sessions"))
+		return
+	}
+	ctx := &simulator.Context{Context: context.Background(), Map: simulator.Map, Session: probe}
+	n := 0
+	for _, s := range view.SessionList {
+		res := sm.TerminateSession(ctx, &types.TerminateSession{This: sm.Reference(), SessionId: []string{s.Key}})
+		if res.Fault() == nil {
+			n++
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"expired": n})
+}
+
+func (h *harness) handleConfig(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost {
+		var in struct {
+			CloneDelayMs    *int64   `json:"clone_delay_ms"`
+			PowerDelayMs    *int64   `json:"power_delay_ms"`
+			CloneFailRate   *float64 `json:"clone_fail_rate"`
+			FailLeaveVMRate *float64 `json:"fail_leave_vm_rate"`
+		}
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		h.mu.Lock()
+		if in.CloneDelayMs != nil {
+			h.cfg.cloneDelay = time.Duration(*in.CloneDelayMs) * time.Millisecond
+		}
+		if in.PowerDelayMs != nil {
+			h.cfg.powerDelay = time.Duration(*in.PowerDelayMs) * time.Millisecond
+		}
+		if in.CloneFailRate != nil {
+			h.cfg.failRate = *in.CloneFailRate
+		}
+		if in.FailLeaveVMRate != nil {
+			h.cfg.leaveVMRate = *in.FailLeaveVMRate
+		}
+		h.mu.Unlock()
+	} else if r.Method != http.MethodGet {
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "use GET or POST"})
+		return
+	}
+	h.mu.Lock()
+	cfg := h.cfg
+	h.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]interface{}{
+		"clone_delay_ms":     cfg.cloneDelay.Milliseconds(),
+		"power_delay_ms":     cfg.powerDelay.Milliseconds(),
+		"clone_fail_rate":    cfg.failRate,
+		"fail_leave_vm_rate": cfg.leaveVMRate,
+	})
+}
+
+func (h *harness) handleRemoveSnapshots(w http.ResponseWriter, r *http.Request) {
+	res, err := methods.RemoveAllSnapshots_Task(r.Context(), h.client, &types.RemoveAllSnapshots_Task{This: h.golden})
+	if err != nil {
+		writeErr(w, http.StatusInternalServerError, err)
+		return
+	}
+	if _, f := innerTaskResult(res.Returnval); f != nil {
+		writeErr(w, http.StatusInternalServerError, fmt.Errorf("RemoveAllSnapshots: %T", f))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+func (h *harness) handleCreateFolder(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Name string `json:"name"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Name == "" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("body must be {\"name\":\"...\"}"))
+		return
+	}
+	ref, created, err := h.createFolder(r.Context(), in.Name)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]interface{}{"moref": ref.Value, "created": created, "path": "DC0/vm/" + in.Name})
+}
+
+type vmInfo struct {
+	Name         string            `json:"name"`
+	Moref        string            `json:"moref"`
+	PowerState   string            `json:"power_state"`
+	InstanceUUID string            `json:"instance_uuid"`
+	ExtraConfig  map[string]string `json:"extra_config"`
+	Folder       string            `json:"folder"`
+	FolderMoref  string            `json:"folder_moref"`
+	Snapshots    int               `json:"snapshots"`
+	// CurrentSnapshot is the moref of snapshot.currentSnapshot ("" if none).
+	CurrentSnapshot string `json:"current_snapshot"`
+}
+
+// handleVMs lists VMs, optionally only those whose parent folder has the
+// given name or moref.
+func (h *harness) handleVMs(w http.ResponseWriter, r *http.Request) {
+	want := r.URL.Query().Get("folder")
+	out := []vmInfo{}
+	for _, e := range simulator.Map.All("VirtualMachine") {
+		vm, ok := e.(*simulator.VirtualMachine)
+		if !ok {
+			continue
+		}
+		var info vmInfo
+		var parent types.ManagedObjectReference
+		simulator.Map.WithLock(vm, func() {
+			info = vmInfo{Name: vm.Name, Moref: vm.Self.Value, PowerState: string(vm.Runtime.PowerState), ExtraConfig: map[string]string{}}
+			if vm.Config != nil {
+				info.InstanceUUID = vm.Config.InstanceUuid
+				for _, o := range vm.Config.ExtraConfig {
+					v := o.GetOptionValue()
+					info.ExtraConfig[v.Key] = fmt.Sprint(v.Value)
+				}
+			}
+			if vm.Snapshot != nil {
+				info.Snapshots = countSnapshots(vm.Snapshot.RootSnapshotList)
+				if vm.Snapshot.CurrentSnapshot != nil {
+					info.CurrentSnapshot = vm.Snapshot.CurrentSnapshot.Value
+				}
+			}
+			if vm.Parent != nil {
+				parent = *vm.Parent
+			}
+		})
+		if info.Name == "" {
+			continue // still being created by the simulator
+		}
+		info.FolderMoref = parent.Value
+		info.Folder = entityName(parent)
+		if want != "" && want != info.Folder && want != info.FolderMoref {
+			continue
+		}
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func countSnapshots(l []types.VirtualMachineSnapshotTree) int {
+	n := 0
+	for _, s := range l {
+		n += 1 + countSnapshots(s.ChildSnapshotList)
+	}
+	return n
+}
