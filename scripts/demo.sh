@@ -85,7 +85,10 @@ done
 (umask 077 && sed -n 's/.*"password":"\([^"]*\)".*/\1/p' "$work/vcsim.ready" >"$work/sim.password")
 [[ -s "$work/sim.password" ]] || die "no password in $work/vcsim.ready"
 
-say "migrating the database"
+say "migrating a fresh demo database"
+# A clean start each run: the simulator's inventory is new every time, too.
+psql -q -h 127.0.0.1 -U postgres -d postgres \
+    -c 'DROP DATABASE IF EXISTS deskpool_demo WITH (FORCE)' >/dev/null 2>&1 || true
 dp migrate
 token="$(dp token create --name "demo-$(date +%Y%m%d-%H%M%S)" --role admin 2>"$work/token.err")" ||
     die "creating the admin token failed: $(cat "$work/token.err")"
@@ -111,29 +114,25 @@ code="$(curl -sS -o "$work/create.json" -w '%{http_code}' "${auth[@]}" \
     -H 'Content-Type: application/json' -X POST --data "$pool" "$api/api/v1/pools")"
 case "$code" in
     201|200) say "defined pool 'demo' (target 5 desktops)" ;;
-    409) say "pool 'demo' already exists (from an earlier run); watching it" ;;
-    404)
-        say "the pools API is not wired into 'deskpool serve' yet (planned): stopping at 'serve is up'"
-        say "deskpool keeps serving $api/healthz until ${run_for:+$run_for s have passed or }Ctrl-C"
-        start=$SECONDS
-        while [[ -z "$run_for" || $((SECONDS - start)) -lt $run_for ]]; do
-            kill -0 "${pids[1]}" 2>/dev/null || die "deskpool serve exited: $(tail -n5 "$work/serve.log")"
-            sleep 1
-        done
-        exit 0 ;;
     *) die "POST /api/v1/pools answered $code: $(cat "$work/create.json")" ;;
 esac
 
-say "watching pool 'demo' (Ctrl-C to stop)"
+say "watching pool 'demo' (Ctrl-C to stop); deskpool's log lines about desktops follow"
+# deskpool's own progress log (one line per clone started/finished, power-on, ready).
+tail -n +1 -F "$work/serve.log" 2>/dev/null |
+    grep --line-buffered -E 'clone|ready|removing|destroyed|error|WARN|ERROR' |
+    sed -u 's/^/  deskpool | /' &
+pids+=("$!")
 start=$SECONDS
 last=""
 while [[ -z "$run_for" || $((SECONDS - start)) -lt $run_for ]]; do
     kill -0 "${pids[1]}" 2>/dev/null || die "deskpool serve exited: $(tail -n5 "$work/serve.log")"
-    now="$(curl -sS "${auth[@]}" "$api/api/v1/pools/demo" 2>&1 | tr -d '\n' || true)"
-    if [[ "$now" != "$last" ]]; then
-        printf '%s %s\n' "$(date +%H:%M:%S)" "$now"
+    now="$(curl -sS "${auth[@]}" "$api/api/v1/pools/demo" 2>&1 | tr -d '\n' |
+        grep -o '"status":{[^}]*}' | sed 's/"status"://; s/[{}"]//g; s/,/  /g' || true)"
+    if [[ -n "$now" && "$now" != "$last" ]]; then
+        printf 'demo: %s pool demo: %s\n' "$(date +%H:%M:%S)" "$now" >&2
         last="$now"
     fi
-    sleep 2
+    sleep 1
 done
 say "--for $run_for elapsed"

@@ -159,26 +159,45 @@ async fn check_database(pool: &PgPool, cfg: &Config, report: &mut Report) -> Vec
 }
 
 /// Connects to every configured vCenter and, for every pool on it, resolves the golden VM,
-/// snapshot, folder, resource pool and datastore.
-///
-/// TO BE FILLED (lead, once `deskpool_vsphere::Client` lands): for each vCenter,
-/// `Client::connect(ClientOptions::new(url, username, password))` → `ok vcenter '<name>'` or
-/// `FAIL`; then per pool on it, `find_by_inventory_path("<dc>/vm/<golden_vm>")`,
-/// `resolve_snapshot(&golden, &snapshot)`, `<dc>/vm/<folder>`, `<dc>/host/<resource_pool>`,
-/// `<dc>/datastore/<datastore>` → one line each, e.g.
-/// `FAIL pool 'lab': snapshot 'base/v2' not found on VM 'DC0/vm/golden'`.
-/// Until then it must not pass: with vCenters configured it reports a failure.
+/// snapshot, folder, resource pool, datastore and customization spec, as the reconciler
+/// would before cloning.
 async fn check_vcenters(vcenters: &[VcenterConfig], pools: &[PoolSpec], report: &mut Report) {
     if vcenters.is_empty() {
         report.ok("vCenter checks", "no vCenters configured");
         return;
     }
-    let _ = pools;
-    report.fail(
-        "vCenter checks",
-        format!(
-            "not implemented ({} vCenter(s) not verified)",
-            vcenters.len()
-        ),
-    );
+    for vc in vcenters {
+        let what = format!("vcenter '{}'", vc.name);
+        let client = match deskpool_vsphere::Client::connect(vc.client_options()).await {
+            Ok(c) => c,
+            Err(e) => {
+                report.fail(&what, format!("{}: {e}", vc.url));
+                for p in pools.iter().filter(|p| p.vcenter == vc.name) {
+                    report.fail(
+                        &format!("pool '{}'", p.name),
+                        format!("not checked: vCenter '{}' is unreachable", vc.name),
+                    );
+                }
+                continue;
+            }
+        };
+        let about = client.about();
+        report.ok(
+            &what,
+            format!(
+                "logged in to {} ({}) as {}",
+                vc.url, about.full_name, vc.username
+            ),
+        );
+        for p in pools.iter().filter(|p| p.vcenter == vc.name) {
+            let label = format!("pool '{}'", p.name);
+            match deskpool_reconciler::check_pool(&client, p).await {
+                Ok(found) => report.ok(&label, found),
+                Err(problem) => report.fail(&label, problem),
+            }
+        }
+        if let Err(e) = client.logout().await {
+            tracing::debug!(vcenter = %vc.name, error = %e, "logout failed");
+        }
+    }
 }

@@ -231,7 +231,7 @@ pub struct VcenterConfig {
     pub password_source: PasswordSource,
     /// PEM file of CA certificates to trust instead of the system roots.
     pub ca_file: Option<PathBuf>,
-    /// Pinned SHA-1 or SHA-256 certificate fingerprint (hex, `:`-separated).
+    /// Pinned SHA-256 certificate fingerprint (hex, `:`-separated).
     pub thumbprint: Option<String>,
     /// Skip TLS verification (lab use only).
     pub insecure: bool,
@@ -239,6 +239,41 @@ pub struct VcenterConfig {
     pub connect_timeout_secs: u64,
     /// Timeout of one SOAP call, seconds.
     pub call_timeout_secs: u64,
+}
+
+impl VcenterConfig {
+    /// How the vSphere client connects to this vCenter.
+    pub fn client_options(&self) -> deskpool_vsphere::ClientOptions {
+        let mut o = deskpool_vsphere::ClientOptions::new(
+            self.url.clone(),
+            self.username.clone(),
+            self.password.clone(),
+        );
+        o.tls = deskpool_vsphere::TlsOptions {
+            ca_file: self.ca_file.clone(),
+            thumbprint: self.thumbprint.clone(),
+            insecure: self.insecure,
+        };
+        o.connect_timeout = std::time::Duration::from_secs(self.connect_timeout_secs);
+        o.call_timeout = std::time::Duration::from_secs(self.call_timeout_secs);
+        o
+    }
+}
+
+impl ReconcilerConfig {
+    /// The reconciler's tunables.
+    pub fn tunables(&self) -> deskpool_reconciler::ReconcilerConfig {
+        use std::time::Duration;
+        deskpool_reconciler::ReconcilerConfig {
+            resync_interval: Duration::from_secs(self.resync_interval_secs),
+            lease_ttl: Duration::from_secs(self.lease_ttl_secs),
+            max_concurrent_per_vcenter: self.max_concurrent_per_vcenter,
+            stop_after_failures: self.stop_after_failures,
+            backoff_base: Duration::from_millis(self.backoff_base_ms),
+            backoff_max: Duration::from_secs(self.backoff_max_secs),
+            replica_id: deskpool_reconciler::default_replica_id(),
+        }
+    }
 }
 
 impl fmt::Debug for VcenterConfig {
@@ -550,7 +585,7 @@ fn resolve_vcenters(
                 return Err(invalid(
                     key("thumbprint"),
                     format!(
-                        "'{tp}' is not a SHA-1 or SHA-256 fingerprint (hex bytes separated by ':')"
+                        "'{tp}' is not a SHA-256 fingerprint (32 hex bytes separated by ':', as `openssl x509 -fingerprint -sha256` prints)"
                     ),
                 ));
             }
@@ -592,10 +627,10 @@ fn is_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-/// SHA-1 (20 bytes) or SHA-256 (32 bytes) as `AA:BB:...` (case-insensitive).
+/// SHA-256 (32 bytes) as `AA:BB:...` (case-insensitive).
 fn is_thumbprint(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
-    matches!(parts.len(), 20 | 32)
+    parts.len() == 32
         && parts
             .iter()
             .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
-use axum::Router;
+use std::sync::Arc;
+
+use deskpool_api::{HealthSnapshot, ReplicaRole, VcenterHealth};
 use sqlx::PgPool;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
@@ -62,11 +62,25 @@ pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
         .with_context(|| format!("http.listen: cannot bind {}", cfg.http.listen))?;
     let http_addr = listener.local_addr().context("reading the bound address")?;
 
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        // wiring point: replace this placeholder router with the API's (which serves its own
-        // /healthz, /readyz and /metrics), e.g. `deskpool_api::router(api_state)`.
-        .layer(DefaultBodyLimit::max(cfg.http.max_body_bytes));
+    let reconciler = deskpool_reconciler::Reconciler::new(
+        pool.clone(),
+        cfg.vcenters
+            .iter()
+            .map(|v| deskpool_reconciler::VcenterSpec {
+                name: v.name.clone(),
+                options: v.client_options(),
+            })
+            .collect(),
+        cfg.reconciler.tunables(),
+    );
+    let api = deskpool_api::ApiState {
+        db: pool,
+        vcenters: cfg.vcenters.iter().map(|v| v.name.clone()).collect(),
+        health: Arc::new(ReconcilerHealth(reconciler.status())),
+        metrics: deskpool_api::install_metrics_recorder(),
+        max_body_bytes: cfg.http.max_body_bytes,
+    };
+    let router = deskpool_api::router(api);
 
     let mut app = App::new(http_addr);
     let stop = app.shutdown.clone();
@@ -76,15 +90,42 @@ pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
             .await
             .context("http server failed")
     });
-
-    // wiring point: spawn the reconciler here, stopping when `app.shutdown_token()` is
-    // cancelled, e.g.
-    //   let stop = app.shutdown_token();
-    //   app.spawn("reconciler", deskpool_reconciler::run(reconciler_config, pool.clone(), stop));
-    drop(pool);
+    let stop = app.shutdown.clone();
+    app.spawn("reconciler", async move {
+        reconciler.run(stop.clone()).await?;
+        // The reconciler returns only on shutdown; anything else is a failure.
+        anyhow::ensure!(stop.is_cancelled(), "reconciler returned before shutdown");
+        Ok(())
+    });
 
     tracing::info!(addr = %http_addr, "http listener ready");
     Ok(app)
+}
+
+/// `/readyz` reads the reconciler's role and vCenter sessions through this.
+struct ReconcilerHealth(deskpool_reconciler::StatusHandle);
+
+impl deskpool_api::Health for ReconcilerHealth {
+    fn snapshot(&self) -> HealthSnapshot {
+        use deskpool_reconciler::Role;
+        HealthSnapshot {
+            role: match self.0.role() {
+                Role::Leader => ReplicaRole::Leader,
+                Role::Standby => ReplicaRole::Standby,
+                Role::Starting => ReplicaRole::Starting,
+            },
+            vcenters: self
+                .0
+                .vcenters()
+                .into_iter()
+                .map(|v| VcenterHealth {
+                    name: v.name,
+                    connected: v.connected,
+                    error: v.error,
+                })
+                .collect(),
+        }
+    }
 }
 
 impl App {

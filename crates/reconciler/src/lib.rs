@@ -76,6 +76,29 @@ pub fn default_replica_id() -> String {
     )
 }
 
+/// Resolves everything a pool's clones need (golden VM, snapshot, folder, resource pool,
+/// datastore, customization spec), as the reconciler would before cloning. Ok with a short
+/// description of what was found, or Err with what to fix. Used by `deskpool check`.
+pub async fn check_pool(
+    client: &deskpool_vsphere::Client,
+    spec: &deskpool_domain::PoolSpec,
+) -> Result<String, String> {
+    match inventory::resolve(client, spec).await {
+        Ok(inv) => Ok(format!(
+            "golden VM {} snapshot {} folder {} resource pool {}{}",
+            inv.golden,
+            inv.snapshot,
+            inv.folder,
+            inv.resource_pool,
+            inv.datastore
+                .map(|d| format!(" datastore {d}"))
+                .unwrap_or_default()
+        )),
+        Err(inventory::ResolveError::Permanent(msg)) => Err(msg),
+        Err(inventory::ResolveError::Transient(e)) => Err(format!("vCenter did not answer: {e}")),
+    }
+}
+
 /// A named vCenter connection.
 #[derive(Debug, Clone)]
 pub struct VcenterSpec {
