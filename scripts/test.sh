@@ -16,13 +16,9 @@ scripts/ensure-postgres.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
 step "vCenter simulator"
-if [[ -f tests/vcsim/build.sh ]]; then
-    DESKPOOL_VCSIM_BIN="$(bash tests/vcsim/build.sh)"
-    export DESKPOOL_VCSIM_BIN
-    echo "$DESKPOOL_VCSIM_BIN"
-else
-    echo "SKIPPED: tests/vcsim/build.sh does not exist yet; tests that need the simulator will build it themselves or fail" >&2
-fi
+DESKPOOL_VCSIM_BIN="$(bash tests/vcsim/build.sh)"
+export DESKPOOL_VCSIM_BIN
+echo "$DESKPOOL_VCSIM_BIN"
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
