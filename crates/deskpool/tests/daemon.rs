@@ -1,0 +1,300 @@
+//! `deskpool serve` as a process, against a real PostgreSQL and the vcsim harness: kill -9
+//! at random moments, and outages of the database and of vCenter (through a TCP proxy that
+//! the test cuts).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use deskpool_domain::DesktopState;
+use deskpool_testkit::proxy::Proxy;
+use deskpool_testkit::vcsim::{Vcsim, VcsimOptions};
+use rand::Rng;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+
+const PATIENCE: Duration = Duration::from_secs(90);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Daemon {
+    /// Starts `deskpool serve` with a config in `dir` (password through password_file).
+    async fn start(dir: &Path, db_url: &str, sdk_url: &str, password: &str) -> Daemon {
+        let port = free_port();
+        std::fs::write(dir.join("vc.pass"), password).unwrap();
+        let config = format!(
+            r#"[http]
+listen = "127.0.0.1:{port}"
+[database]
+url = "{db_url}"
+connect_timeout_secs = 2
+[reconciler]
+resync_interval_secs = 2
+lease_ttl_secs = 3
+backoff_base_ms = 100
+backoff_max_secs = 1
+[[vcenters]]
+name = "sim"
+url = "{sdk_url}"
+username = "user"
+password_file = "{}"
+connect_timeout_secs = 2
+call_timeout_secs = 10
+"#,
+            dir.join("vc.pass").display()
+        );
+        std::fs::write(dir.join("deskpool.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join(format!("serve-{port}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_deskpool"))
+            .arg("--config")
+            .arg(dir.join("deskpool.toml"))
+            .arg("serve")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http.get(format!("{}/healthz", d.url)).send().await.is_ok() {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("deskpool serve did not answer /healthz");
+    }
+
+    /// `kill -9`.
+    async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    async fn readyz(&self) -> (u16, serde_json::Value) {
+        let r = reqwest::get(format!("{}/readyz", self.url)).await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+}
+
+fn db_url(opts: &PgConnectOptions) -> String {
+    format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        opts.get_port(),
+        opts.get_database().unwrap()
+    )
+}
+
+async fn create_pool(db: &PgPool, name: &str, target: u32) {
+    let spec = deskpool_domain::PoolSpec {
+        name: name.into(),
+        vcenter: "sim".into(),
+        datacenter: "DC0".into(),
+        golden_vm: "golden".into(),
+        snapshot: "base".into(),
+        folder: name.into(),
+        resource_pool: "DC0_C0".into(),
+        datastore: None,
+        customization_spec: None,
+        naming_pattern: format!("{name}-{{n:3}}"),
+        guest_os: deskpool_domain::GuestOs::Windows,
+        target_size: target,
+        min_size: 0,
+        max_size: 50,
+        power_on: true,
+        max_concurrent_clones: 6,
+        enabled: true,
+    };
+    let mut c = db.acquire().await.unwrap();
+    deskpool_store::pools::insert(&mut c, &spec).await.unwrap();
+}
+
+async fn set_target(db: &PgPool, pool: &str, n: u32) {
+    let mut c = db.acquire().await.unwrap();
+    deskpool_store::pools::set_target(&mut c, pool, n, None)
+        .await
+        .unwrap();
+}
+
+/// Waits for exactly `n` ready desktops and `n` VMs (unique names, matching UUIDs).
+async fn converged(db: &PgPool, sim: &Vcsim, pool: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut c = db.acquire().await.unwrap();
+        let p = deskpool_store::pools::get(&mut c, pool)
+            .await
+            .unwrap()
+            .unwrap();
+        let rows = deskpool_store::desktops::list_for_pool(&mut c, p.id)
+            .await
+            .unwrap();
+        let vms = sim.vms(Some(pool)).await;
+        let ready = rows.iter().all(|d| d.state == DesktopState::Ready);
+        if ready && rows.len() == n && vms.len() == n {
+            let mut names: Vec<_> = vms.iter().map(|v| v.name.clone()).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), n, "duplicate VM names");
+            for d in &rows {
+                assert!(
+                    vms.iter()
+                        .any(|v| v.instance_uuid == d.instance_uuid.to_string() && v.name == d.name),
+                    "no VM for {}",
+                    d.name
+                );
+            }
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let rows: Vec<_> = rows.iter().map(|d| (d.name.clone(), d.state)).collect();
+            panic!(
+                "pool {pool} did not converge to {n}: {:?} {:?}\nrows {rows:?}\nvms {}",
+                p.state,
+                p.last_error,
+                vms.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sim_opts(folder: &str) -> VcsimOptions {
+    VcsimOptions {
+        clone_delay: Duration::from_millis(300),
+        folders: vec![folder.into()],
+        ..Default::default()
+    }
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn kill_9_at_random_moments_converges_exactly(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts("lab")).await;
+    let dir = tempfile::tempdir().unwrap();
+    create_pool(&db, "lab", 14).await;
+    let mut rng = rand::thread_rng();
+    for _ in 0..10 {
+        let d = Daemon::start(dir.path(), &db_url(&opts), &sim.sdk_url, &sim.password).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..3000))).await;
+        d.kill9().await;
+    }
+    let _d = Daemon::start(dir.path(), &db_url(&opts), &sim.sdk_url, &sim.password).await;
+    converged(&db, &sim, "lab", 14).await;
+    let leftovers: i64 = sqlx::query_scalar("SELECT count(*) FROM desktops WHERE state <> 'ready'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(leftovers, 0);
+    assert_eq!(sim.stats().await.non_linked_clones, 0);
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn database_outage_is_reported_and_survived(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts("lab")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pg: SocketAddr = format!("127.0.0.1:{}", opts.get_port()).parse().unwrap();
+    let proxy = Proxy::start(pg).await;
+    let via_proxy = format!(
+        "postgres://postgres@{}/{}",
+        proxy.addr,
+        opts.get_database().unwrap()
+    );
+    create_pool(&db, "lab", 3).await;
+    let mut d = Daemon::start(dir.path(), &via_proxy, &sim.sdk_url, &sim.password).await;
+    converged(&db, &sim, "lab", 3).await;
+    assert_eq!(d.readyz().await.0, 200);
+
+    proxy.cut();
+    let body = loop {
+        let (status, body) = d.readyz().await;
+        if status == 503 {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.to_string().contains("database"), "{body}");
+    set_target(&db, "lab", 5).await; // written straight to the database, not through the proxy
+    tokio::time::sleep(Duration::from_secs(4)).await; // longer than the lease TTL
+    assert!(d.alive(), "the daemon exited during a database outage");
+
+    proxy.restore();
+    converged(&db, &sim, "lab", 5).await;
+    let mut status = 0;
+    for _ in 0..100 {
+        status = d.readyz().await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "not ready again after the database came back");
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn vcenter_outage_is_reported_and_survived(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts("lab")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sdk: url::Url = sim.sdk_url.parse().unwrap();
+    let target: SocketAddr = format!("127.0.0.1:{}", sdk.port().unwrap())
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let via_proxy = format!("http://{}/sdk", proxy.addr);
+    create_pool(&db, "lab", 2).await;
+    let mut d = Daemon::start(dir.path(), &db_url(&opts), &via_proxy, &sim.password).await;
+    converged(&db, &sim, "lab", 2).await;
+
+    proxy.cut();
+    set_target(&db, "lab", 4).await;
+    let (note, body) = loop {
+        let (status, body) = d.readyz().await;
+        let mut c = db.acquire().await.unwrap();
+        let p = deskpool_store::pools::get(&mut c, "lab")
+            .await
+            .unwrap()
+            .unwrap();
+        if status == 503 && p.last_error.is_some() {
+            break (p.last_error.unwrap(), body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.to_string().contains("sim"), "{body}");
+    assert!(
+        note.contains("vCenter") || note.contains("reach"),
+        "pool status does not say why: {note}"
+    );
+    assert!(d.alive());
+
+    proxy.restore();
+    converged(&db, &sim, "lab", 4).await;
+}
