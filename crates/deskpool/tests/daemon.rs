@@ -298,3 +298,55 @@ async fn vcenter_outage_is_reported_and_survived(pool_opts: PgPoolOptions, opts:
     proxy.restore();
     converged(&db, &sim, "lab", 4).await;
 }
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn check_resolves_every_pool_against_the_simulator(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts("lab")).await;
+    let dir = tempfile::tempdir().unwrap();
+    create_pool(&db, "lab", 1).await;
+    let password = sim.password.clone();
+    // Writes the config (the daemon itself is not needed: stop it at once).
+    Daemon::start(dir.path(), &db_url(&opts), &sim.sdk_url, &sim.password)
+        .await
+        .kill9()
+        .await;
+    let check = || async {
+        let out = Command::new(env!("CARGO_BIN_EXE_deskpool"))
+            .arg("--config")
+            .arg(dir.path().join("deskpool.toml"))
+            .arg("check")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!text.contains(&password), "password in check output");
+        (out.status.code(), text)
+    };
+    let (code, text) = check().await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("ok   vcenter 'sim'"), "{text}");
+    assert!(text.contains("ok   pool 'lab': golden VM"), "{text}");
+
+    // A snapshot that does not exist: a FAIL line naming it and the candidates, exit 1.
+    sqlx::query("UPDATE pools SET snapshot = 'base/v9'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (code, text) = check().await;
+    assert_eq!(code, Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("FAIL pool 'lab'"))
+        .unwrap_or_else(|| panic!("no FAIL line for the pool: {text}"));
+    assert!(line.contains("base/v9") && line.contains("base"), "{line}");
+
+    // An unreachable vCenter: FAIL for it and for its pools.
+    drop(sim);
+    let (code, text) = check().await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAIL vcenter 'sim'"), "{text}");
+}

@@ -10,7 +10,7 @@ use deskpool_domain::{DesktopState, EventKind, PoolState, MARKER_DESKTOP, MARKER
 use deskpool_store::desktops::{self, Desktop, Progress};
 use deskpool_store::pools::{self, Pool, Status};
 use deskpool_vsphere::{
-    Client, Error as VsError, FaultKind, LinkedCloneSpec, MoRef, PowerState, VmInfo,
+    Client, Error as VsError, Fault, FaultKind, LinkedCloneSpec, MoRef, PowerState, VmInfo,
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
@@ -39,6 +39,26 @@ fn not_found(e: &VsError) -> bool {
 
 fn invalid_state(e: &VsError) -> bool {
     is_fault(e, |k| matches!(k, FaultKind::InvalidState))
+}
+
+/// Longest wait for one task (a clone with guest customization can take minutes; a task
+/// queued behind vCenter's limits waits too). Past it the worker gives up for now and a later
+/// pass waits again, so a lost update can never pin a provisioning slot forever.
+const TASK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+async fn wait(client: &Client, task: &MoRef) -> Result<Option<MoRef>, VsError> {
+    match tokio::time::timeout(TASK_PATIENCE, client.wait_task(task)).await {
+        Ok(r) => r,
+        // Reported as the task still being busy: transient for deletions (retried later);
+        // for a clone it counts as a failed clone, and the sweep removes a VM it makes later.
+        Err(_) => Err(VsError::Fault(Fault::new(
+            FaultKind::TaskInProgress,
+            format!(
+                "task {task} did not finish within {} minutes",
+                TASK_PATIENCE.as_secs() / 60
+            ),
+        ))),
+    }
 }
 
 async fn permit(ctx: &Ctx, vc: &Vcenter) -> Result<OwnedSemaphorePermit, Error> {
@@ -227,7 +247,7 @@ impl Provision<'_> {
     ) -> Result<Option<Desktop>, Error> {
         let mut vm = d.vm_moref.as_deref().map(vm_ref);
         if let Some(task) = d.task_moref.as_deref().filter(|_| vm.is_none()) {
-            match self.client.wait_task(&task_ref(task)).await {
+            match wait(self.client, &task_ref(task)).await {
                 Ok(Some(result)) => vm = Some(result),
                 Ok(None) => {}
                 // The task is gone (finished long ago): the UUID lookup below decides.
@@ -314,7 +334,7 @@ impl Provision<'_> {
             Err(e) => return Err(e.into()),
         };
         if let Some(task) = task {
-            match self.client.wait_task(&task).await {
+            match wait(self.client, &task).await {
                 Ok(_) => {}
                 Err(e) if invalid_state(&e) => {}
                 Err(e @ VsError::Fault(_)) => return self.clone_failed(d, e).await,
@@ -548,7 +568,7 @@ async fn destroy_vm(client: &Client, vm: &MoRef) -> Result<bool, VsError> {
     };
     if info.power_state != PowerState::PoweredOff {
         match client.power_off(vm).await {
-            Ok(task) => match client.wait_task(&task).await {
+            Ok(task) => match wait(client, &task).await {
                 Ok(_) => {}
                 Err(e) if invalid_state(&e) => {}
                 Err(e) => return Err(e),
@@ -559,7 +579,7 @@ async fn destroy_vm(client: &Client, vm: &MoRef) -> Result<bool, VsError> {
         }
     }
     match client.destroy(vm).await {
-        Ok(task) => match client.wait_task(&task).await {
+        Ok(task) => match wait(client, &task).await {
             Ok(_) => Ok(true),
             Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(e),
@@ -605,7 +625,7 @@ async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(
     // A clone or power-on started earlier may still run: let it end first, so the VM it
     // makes is destroyed too.
     if let Some(task) = d.task_moref.as_deref() {
-        match client.wait_task(&task_ref(task)).await {
+        match wait(client, &task_ref(task)).await {
             Ok(Some(r)) if r.kind == "VirtualMachine" && vm.is_none() => vm = Some(r),
             Ok(_) | Err(VsError::Fault(_)) => {}
             Err(e) => return Err(e.into()),

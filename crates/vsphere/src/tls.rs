@@ -13,10 +13,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 
-/// How the vCenter certificate is checked. Default: the Mozilla root set (webpki-roots).
+/// How the vCenter certificate is checked. Default: the system's trust store (the Mozilla root
+/// set when the system has none).
 #[derive(Clone, Debug, Default)]
 pub struct TlsOptions {
-    /// PEM file with the CA certificate(s) to trust instead of the public roots.
+    /// PEM file with the CA certificate(s) to trust instead of the system roots.
     pub ca_file: Option<PathBuf>,
     /// SHA-256 fingerprint of the server's leaf certificate (hex, colons allowed). When set,
     /// only that exact certificate is accepted (no chain or host name check), which is what
@@ -95,7 +96,16 @@ pub(crate) fn client_config(opts: &TlsOptions) -> Result<rustls::ClientConfig, E
                     )));
                 }
             }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            None => {
+                // The system's trust store (where an admin adds an internal CA), falling back
+                // to the Mozilla set when the system has none.
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                if added == 0 {
+                    tracing::debug!("no system CA certificates found; using the Mozilla root set");
+                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                }
+            }
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
