@@ -119,10 +119,10 @@ esac
 
 say "watching pool 'demo' (Ctrl-C to stop); deskpool's log lines about desktops follow"
 # deskpool's own progress log (one line per clone started/finished, power-on, ready).
-tail -n +1 -F "$work/serve.log" 2>/dev/null |
-    grep --line-buffered -E 'clone|ready|removing|destroyed|error|WARN|ERROR' |
+# tail --pid ends with deskpool, so the whole pipeline ends when cleanup stops deskpool.
+tail -n +1 -F --pid="${pids[1]}" "$work/serve.log" 2>/dev/null |
+    grep --line-buffered -E 'kind=|WARN|ERROR' |
     sed -u 's/^/  deskpool | /' &
-pids+=("$!")
 start=$SECONDS
 last=""
 while [[ -z "$run_for" || $((SECONDS - start)) -lt $run_for ]]; do

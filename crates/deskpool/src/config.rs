@@ -159,15 +159,16 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcilerConfig {
-    /// Every pool is reconciled at least this often, even without changes.
+    /// Full comparison of the database with each vCenter's inventory this often.
     pub resync_interval_secs: u64,
-    /// How long a replica's lease on a pool lasts without renewal.
+    /// How long the leader lease lasts without renewal (renewed every third of it).
     pub lease_ttl_secs: u64,
-    /// Bound on vCenter tasks in flight per vCenter, over all pools.
+    /// Bound on provisioning operations in flight per vCenter, over all pools.
     pub max_concurrent_per_vcenter: u32,
-    /// A pool whose reconcile fails this many times in a row is stopped until resumed.
+    /// Provisioning of a pool stops after this many clone failures in a row, until an admin
+    /// resumes it (0: never stop).
     pub stop_after_failures: u32,
-    /// First retry delay after a failed reconcile; doubles per failure.
+    /// First retry delay after a transient failure; doubles per failure, with jitter.
     pub backoff_base_ms: u64,
     /// Upper bound of the retry delay.
     pub backoff_max_secs: u64,
@@ -681,10 +682,6 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "reconciler.max_concurrent_per_vcenter",
             u64::from(r.max_concurrent_per_vcenter),
         ),
-        (
-            "reconciler.stop_after_failures",
-            u64::from(r.stop_after_failures),
-        ),
         ("reconciler.backoff_base_ms", r.backoff_base_ms),
         ("reconciler.backoff_max_secs", r.backoff_max_secs),
     ] {
@@ -958,7 +955,10 @@ mod tests {
     fn thumbprints() {
         let sha1 = vec!["AB"; 20].join(":");
         let sha256 = vec!["0f"; 32].join(":");
-        assert!(is_thumbprint(&sha1));
+        assert!(
+            !is_thumbprint(&sha1),
+            "SHA-1 pins are refused: the client verifies SHA-256"
+        );
         assert!(is_thumbprint(&sha256));
         assert!(!is_thumbprint("AB:CD"));
     }

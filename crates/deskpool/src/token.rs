@@ -2,6 +2,8 @@
 
 use std::io::Write as _;
 
+use deskpool_domain::EventKind;
+use deskpool_store::events;
 use deskpool_store::tokens::{self, Role};
 use deskpool_store::StoreError;
 
@@ -12,9 +14,17 @@ use crate::db;
 pub async fn create(cfg: &Config, name: &str, role: Role) -> anyhow::Result<()> {
     let pool = db::connect(&cfg.database).await?;
     let mut conn = pool.acquire().await?;
-    let (token, secret) = tokens::create(&mut conn, name, role)
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let (token, secret) = tokens::create(&mut tx, name, role)
         .await
         .map_err(|e| explain(e, "creating token"))?;
+    record(
+        &mut tx,
+        EventKind::TokenCreated,
+        &format!("token '{}' created with role {}", token.name, token.role),
+    )
+    .await?;
+    tx.commit().await?;
     println!("{secret}");
     std::io::stdout().flush()?;
     eprintln!(
@@ -65,9 +75,17 @@ pub async fn list(cfg: &Config) -> anyhow::Result<()> {
 pub async fn revoke(cfg: &Config, name: &str) -> anyhow::Result<()> {
     let pool = db::connect(&cfg.database).await?;
     let mut conn = pool.acquire().await?;
-    let token = tokens::revoke(&mut conn, name)
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let token = tokens::revoke(&mut tx, name)
         .await
         .map_err(|e| explain(e, "revoking token"))?;
+    record(
+        &mut tx,
+        EventKind::TokenRevoked,
+        &format!("token '{}' revoked", token.name),
+    )
+    .await?;
+    tx.commit().await?;
     eprintln!("revoked token '{}' ({})", token.name, token.role);
     Ok(())
 }
@@ -82,4 +100,24 @@ fn explain(e: StoreError, doing: &str) -> anyhow::Error {
         }
     }
     anyhow::Error::new(e).context(doing.to_owned())
+}
+
+/// Records a token event; the actor is the command line.
+async fn record(
+    conn: &mut sqlx::PgConnection,
+    kind: EventKind,
+    message: &str,
+) -> anyhow::Result<()> {
+    events::record(
+        conn,
+        &events::NewEvent {
+            pool: None,
+            desktop: None,
+            actor: "cli",
+            kind,
+            message,
+        },
+    )
+    .await?;
+    Ok(())
 }

@@ -226,12 +226,14 @@ fn secrets_never_appear_in_output() {
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("vc3"), "cred-s3cret").unwrap();
     let cfg = dir.path().join("deskpool.toml");
+    // vCenters on a closed local port: check tries them and fails without leaving the machine.
+    let vc = format!("https://127.0.0.1:{}/sdk", closed_port());
     std::fs::write(
         &cfg,
         format!(
-            "[[vcenters]]\nname = \"vc1\"\nurl = \"https://vc1.example.com/sdk\"\nusername = \"u\"\npassword = \"inline-s3cret\"\n\
-             [[vcenters]]\nname = \"vc2\"\nurl = \"https://vc2.example.com/sdk\"\nusername = \"u\"\npassword_file = \"{}\"\n\
-             [[vcenters]]\nname = \"vc3\"\nurl = \"https://vc3.example.com/sdk\"\nusername = \"u\"\n",
+            "[[vcenters]]\nname = \"vc1\"\nurl = \"{vc}\"\nusername = \"u\"\npassword = \"inline-s3cret\"\n\
+             [[vcenters]]\nname = \"vc2\"\nurl = \"{vc}\"\nusername = \"u\"\npassword_file = \"{}\"\n\
+             [[vcenters]]\nname = \"vc3\"\nurl = \"{vc}\"\nusername = \"u\"\n",
             pass_file.display()
         ),
     )
@@ -269,8 +271,8 @@ fn secrets_never_appear_in_output() {
             assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
             assert!(stdout.contains("FAIL database: cannot connect"), "{stdout}");
             assert!(
-                stdout.contains("FAIL vCenter checks: not implemented"),
-                "{stdout}"
+                stdout.contains("FAIL vcenter 'vc1'"),
+                "unreachable vCenters must fail the check: {stdout}"
             );
         }
     }
@@ -414,7 +416,7 @@ fn serve_answers_healthz_and_stops_on_sigterm() {
         response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
         "{response}"
     );
-    assert!(response.ends_with("ok\n"), "{response}");
+    assert!(response.ends_with("{\"status\":\"ok\"}"), "{response}");
 
     // serve applied the migrations itself.
     let url = db.url.clone();

@@ -18,6 +18,3 @@ pub use state::{DesktopState, EventKind, PoolState, UnknownState};
 pub const MARKER_POOL: &str = "deskpool.pool";
 /// Key of the extraConfig marker holding the desktop's id (a UUID) in the database.
 pub const MARKER_DESKTOP: &str = "deskpool.desktop";
-/// Key of the extraConfig marker naming the deskpool installation (so two installations that
-/// share a vCenter never adopt or destroy each other's VMs).
-pub const MARKER_OWNER: &str = "deskpool.owner";

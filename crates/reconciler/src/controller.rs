@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use deskpool_domain::{EventKind, MARKER_POOL};
 use deskpool_store::{events, lease, pools, POOL_CHANNEL};
-use deskpool_vsphere::VmInfo;
+use deskpool_vsphere::{VmChange, VmEvent, VmInfo};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,8 @@ pub(crate) struct Runner {
     notify: Notify,
     /// The last inventory sweep's VMs carrying this pool's marker, for the next pass.
     sweep: Mutex<Option<Vec<VmInfo>>>,
+    /// Changes vCenter reported for this pool's VMs since the last pass.
+    vm_events: Mutex<Vec<VmEvent>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -253,6 +255,15 @@ impl Ctx {
         }
     }
 
+    fn hand_vm_events(self: &Arc<Self>, pool: &str, events: Vec<VmEvent>) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let runner = self.runner(pool);
+        lock(&runner.vm_events).extend(events);
+        runner.notify.notify_one();
+    }
+
     fn hand_sweep(self: &Arc<Self>, pool: &str, vms: Vec<VmInfo>) {
         if self.cancel.is_cancelled() {
             return;
@@ -271,8 +282,9 @@ async fn run_pool(ctx: Arc<Ctx>, pool: String, runner: Arc<Runner>) {
             _ = runner.notify.notified() => {}
         }
         let sweep = lock(&runner.sweep).take();
+        let vm_events = std::mem::take(&mut *lock(&runner.vm_events));
         let started = Instant::now();
-        let result = pass::run(&ctx, &pool, sweep).await;
+        let result = pass::run(&ctx, &pool, sweep, vm_events).await;
         metrics::histogram!("deskpool_reconcile_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         match result {
@@ -300,6 +312,11 @@ async fn run_pool(ctx: Arc<Ctx>, pool: String, runner: Arc<Runner>) {
 pub(crate) async fn run(ctx: Arc<Ctx>) {
     tracing::info!("reconciler controller started");
     let listener = tokio::spawn(listen(Arc::clone(&ctx)));
+    let watchers: Vec<_> = ctx
+        .vcenters
+        .values()
+        .map(|vc| tokio::spawn(watch_vms(Arc::clone(&ctx), Arc::clone(vc))))
+        .collect();
     // Sweep at once (finds work left by a previous leader or a crash), then periodically.
     let mut tick = tokio::time::interval(ctx.cfg.resync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,6 +331,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>) {
         }
     }
     listener.abort();
+    watchers.iter().for_each(|w| w.abort());
     tracing::info!("reconciler controller stopped");
 }
 
@@ -361,6 +379,59 @@ async fn wake_all(ctx: &Arc<Ctx>) {
     match names {
         Ok(names) => names.iter().for_each(|(n,)| ctx.wake(n)),
         Err(e) => tracing::warn!(error = %e, "cannot list pools"),
+    }
+}
+
+/// Follows vCenter's reports of VM changes (one long poll per vCenter) and hands the changes
+/// of desktops' VMs to their pools: a VM destroyed by hand or powered off is noticed at once,
+/// not at the next sweep.
+async fn watch_vms(ctx: Arc<Ctx>, vc: Arc<Vcenter>) {
+    let client = loop {
+        if let Some(c) = vc.client() {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let mut rx = client.watch_vms();
+    while let Some(batch) = rx.recv().await {
+        // `Present` only restates what the sweep already knows; act on real changes.
+        let changed: Vec<VmEvent> = batch
+            .into_iter()
+            .filter(|e| !matches!(e.change, VmChange::Present(_)))
+            .collect();
+        if changed.is_empty() {
+            continue;
+        }
+        let morefs: Vec<String> = changed.iter().map(|e| e.vm.value.clone()).collect();
+        let owners: Result<Vec<(String, String)>, _> = sqlx::query_as(
+            "SELECT d.vm_moref, p.name FROM desktops d JOIN pools p ON p.id = d.pool_id
+             WHERE p.vcenter = $1 AND d.vm_moref = ANY($2)",
+        )
+        .bind(&vc.name)
+        .bind(&morefs)
+        .fetch_all(&ctx.db)
+        .await;
+        let owners = match owners {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot map VM changes to pools; the next sweep catches up");
+                continue;
+            }
+        };
+        let mut by_pool: HashMap<String, Vec<VmEvent>> = HashMap::new();
+        for e in changed {
+            if let Some((_, pool)) = owners.iter().find(|(m, _)| *m == e.vm.value) {
+                by_pool.entry(pool.clone()).or_default().push(e);
+            }
+        }
+        for (pool, events) in by_pool {
+            tracing::debug!(
+                pool,
+                count = events.len(),
+                "vCenter reported changes to desktops' VMs"
+            );
+            ctx.hand_vm_events(&pool, events);
+        }
     }
 }
 

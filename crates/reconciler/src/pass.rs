@@ -10,7 +10,7 @@ use deskpool_domain::{
 use deskpool_store::desktops::{self, Desktop, NewDesktop, Progress};
 use deskpool_store::pools::{self, Pool, Status};
 use deskpool_store::StoreError;
-use deskpool_vsphere::{Client, PowerState, VmInfo};
+use deskpool_vsphere::{Client, PowerState, VmChange, VmEvent, VmInfo};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -78,6 +78,7 @@ pub(crate) async fn run(
     ctx: &Arc<Ctx>,
     name: &str,
     sweep: Option<Vec<VmInfo>>,
+    vm_events: Vec<VmEvent>,
 ) -> Result<Outcome, Error> {
     let pool = {
         let mut conn = ctx.db.acquire().await?;
@@ -87,10 +88,15 @@ pub(crate) async fn run(
         return Ok(Outcome::Gone);
     };
     let span = tracing::info_span!("reconcile", pool = name);
-    pass(ctx, pool, sweep).instrument(span).await
+    pass(ctx, pool, sweep, vm_events).instrument(span).await
 }
 
-async fn pass(ctx: &Arc<Ctx>, pool: Pool, sweep: Option<Vec<VmInfo>>) -> Result<Outcome, Error> {
+async fn pass(
+    ctx: &Arc<Ctx>,
+    pool: Pool,
+    sweep: Option<Vec<VmInfo>>,
+    vm_events: Vec<VmEvent>,
+) -> Result<Outcome, Error> {
     let name = pool.spec.name.clone();
     let deleting = pool.state == PoolState::Deleting;
     let Some(vc) = ctx.vcenters.get(&pool.spec.vcenter).cloned() else {
@@ -115,6 +121,9 @@ async fn pass(ctx: &Arc<Ctx>, pool: Pool, sweep: Option<Vec<VmInfo>>) -> Result<
         return Ok(Outcome::Done);
     };
 
+    if !vm_events.is_empty() {
+        apply_vm_events(ctx, &pool, &vm_events).await?;
+    }
     if let Some(vms) = sweep {
         resync(ctx, &pool, &vc, &client, vms).await?;
     }
@@ -213,6 +222,13 @@ async fn pass(ctx: &Arc<Ctx>, pool: Pool, sweep: Option<Vec<VmInfo>>) -> Result<
         }
     }
 
+    if ctx.backoff_until(&name).is_some() {
+        // vCenter work waits for the backoff to end (it wakes the pool then).
+        if problem.is_some() {
+            note(ctx, &pool, problem).await?;
+        }
+        return Ok(Outcome::Done);
+    }
     let pool = Arc::new(pool);
     let max = pool.spec.max_concurrent_clones as usize;
     let mut deleting_started = ctx.running(pool.id, WorkerKind::Delete);
@@ -303,6 +319,51 @@ async fn apply(
     tx.commit().await?;
     for id in fresh {
         ctx.mark_fresh(id);
+    }
+    Ok(())
+}
+
+/// Applies the VM changes vCenter reported for ready desktops: a VM gone means the desktop
+/// failed (the plan replaces it); a power change is recorded. Desktops with a worker are
+/// left to it (their own power-on or destroy causes these changes).
+async fn apply_vm_events(ctx: &Arc<Ctx>, pool: &Pool, events: &[VmEvent]) -> Result<(), Error> {
+    let rows = {
+        let mut conn = ctx.db.acquire().await?;
+        desktops::list_for_pool(&mut conn, pool.id).await?
+    };
+    for e in events {
+        let Some(d) = rows.iter().find(|d| {
+            d.vm_moref.as_deref() == Some(e.vm.value.as_str())
+                && d.state == DesktopState::Ready
+                && !ctx.has_worker(d.id)
+        }) else {
+            continue;
+        };
+        let progress = match e.change {
+            VmChange::Gone => {
+                tracing::warn!(pool = %pool.spec.name, desktop = %d.name, "vCenter reports the VM gone; the desktop will be replaced");
+                Progress {
+                    state: DesktopState::Failed,
+                    vm_moref: None,
+                    task_moref: None,
+                    powered_on: false,
+                    last_error: Some("its VM was removed from vCenter".into()),
+                    snapshot_moref: None,
+                }
+            }
+            VmChange::Power(p) if d.powered_on != (p == PowerState::PoweredOn) => Progress {
+                state: d.state,
+                vm_moref: None,
+                task_moref: None,
+                powered_on: p == PowerState::PoweredOn,
+                last_error: d.last_error.clone(),
+                snapshot_moref: None,
+            },
+            _ => continue,
+        };
+        let mut tx = ctx.begin().await?;
+        desktops::set_progress(&mut tx, d.id, &progress).await?;
+        tx.commit().await?;
     }
     Ok(())
 }

@@ -58,6 +58,11 @@ impl Vcenter {
             connected,
             error: if connected {
                 None
+            } else if self.client().is_some() {
+                Some(
+                    "the last call to vCenter failed (unreachable?); see the log for the error"
+                        .to_owned(),
+                )
             } else {
                 Some(
                     self.last_error()

@@ -77,8 +77,10 @@ fn finish(ctx: &Arc<Ctx>, pool: &str, desktop: uuid::Uuid, what: &str, result: R
             return
         }
         Err(e) => {
+            // The backoff wakes the pool when it is over; waking it now would only spin.
             let delay = ctx.back_off(pool);
             tracing::warn!(pool, error = %e, retry_in_ms = delay.as_millis() as u64, "{what} interrupted; will retry");
+            return;
         }
     }
     ctx.wake(pool);
@@ -320,6 +322,8 @@ impl Provision<'_> {
                 .await?;
         }
         tx.commit().await?;
+        // vCenter works again: retries of this pool need not wait any longer.
+        self.ctx.clear_backoff(self.pool_name());
         Ok(row.filter(|r| r.state != DesktopState::Deleting))
     }
 
@@ -655,6 +659,7 @@ async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(
     )
     .await?;
     tx.commit().await?;
+    ctx.clear_backoff(&pool.spec.name);
     Ok(())
 }
 

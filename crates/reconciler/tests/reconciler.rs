@@ -379,3 +379,39 @@ async fn a_resize_wakes_the_reconciler_without_waiting_for_resync(
     // With the periodic resync an hour away, only the NOTIFY can have woken it.
     converged(&db, &sim, "lab", 3).await;
 }
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_vm_destroyed_by_hand_is_replaced_without_waiting_for_resync(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 0)).await;
+    create_pool(&db, &spec("lab", 3, 3)).await;
+    let mut cfg = config("a");
+    cfg.resync_interval = Duration::from_secs(3600);
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    converged(&db, &sim, "lab", 3).await;
+    // Someone removes a desktop's VM in the vSphere client.
+    let victim = rows(&db, "lab").await.remove(1);
+    let vm = deskpool_vsphere::MoRef::new("VirtualMachine", victim.vm_moref.clone().unwrap());
+    let admin = deskpool_vsphere::Client::connect(vcenter(&sim).options)
+        .await
+        .unwrap();
+    admin
+        .wait_task(&admin.power_off(&vm).await.unwrap())
+        .await
+        .unwrap();
+    admin
+        .wait_task(&admin.destroy(&vm).await.unwrap())
+        .await
+        .unwrap();
+    // Only vCenter's change report can have told the reconciler (the sweep is an hour away).
+    eventually("the vanished desktop to be replaced", || async {
+        let r = rows(&db, "lab").await;
+        let replaced = r.iter().all(|d| d.id != victim.id) && r.len() == 3;
+        replaced.then_some(())
+    })
+    .await;
+    converged(&db, &sim, "lab", 3).await;
+}

@@ -45,6 +45,7 @@ mod error;
 mod soap;
 mod tls;
 mod types;
+mod vm_watch;
 mod watcher;
 mod xml;
 
@@ -57,6 +58,7 @@ pub use tls::TlsOptions;
 pub use types::{
     About, CustomizationSpecXml, LinkedCloneSpec, MoRef, PowerState, TaskInfo, TaskState, VmInfo,
 };
+pub use vm_watch::{VmChange, VmEvent};
 
 /// Response parsing entry points, exposed for fuzzing and benchmarks only: not a stable API.
 #[doc(hidden)]
