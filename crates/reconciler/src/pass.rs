@@ -232,20 +232,26 @@ async fn pass(
     let pool = Arc::new(pool);
     let max = pool.spec.max_concurrent_clones as usize;
     let mut deleting_started = ctx.running(pool.id, WorkerKind::Delete);
+    let job = || worker::Job {
+        ctx: Arc::clone(ctx),
+        vc: Arc::clone(&vc),
+        client: client.clone(),
+        pool: Arc::clone(&pool),
+    };
     for d in rows {
         if ctx.has_worker(d.id) {
             continue;
         }
         match d.state {
             DesktopState::Pending if active && inventory.is_some() => {
-                worker::spawn_provision(ctx, &vc, &client, &pool, inventory.clone(), d)
+                worker::spawn_provision(job(), inventory.clone(), d)
             }
             DesktopState::Cloning | DesktopState::PoweringOn => {
-                worker::spawn_provision(ctx, &vc, &client, &pool, inventory.clone(), d)
+                worker::spawn_provision(job(), inventory.clone(), d)
             }
             DesktopState::Deleting if deleting_started < max => {
                 deleting_started += 1;
-                worker::spawn_delete(ctx, &vc, &client, &pool, d)
+                worker::spawn_delete(job(), d)
             }
             _ => {}
         }

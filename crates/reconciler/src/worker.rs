@@ -86,41 +86,69 @@ fn finish(ctx: &Arc<Ctx>, pool: &str, desktop: uuid::Uuid, what: &str, result: R
     ctx.wake(pool);
 }
 
-/// Starts a worker that takes a desktop from `pending`, `cloning` or `powering_on` to `ready`.
-pub(crate) fn spawn_provision(
-    ctx: &Arc<Ctx>,
-    vc: &Arc<Vcenter>,
-    client: &Client,
-    pool: &Arc<Pool>,
-    inventory: Option<Arc<Inventory>>,
-    d: Desktop,
-) {
-    if !ctx.claim(d.id, pool.id, WorkerKind::Provision) {
+/// Everything a worker needs, owned so it can move into the spawned task.
+pub(crate) struct Job {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) vc: Arc<Vcenter>,
+    pub(crate) client: Client,
+    pub(crate) pool: Arc<Pool>,
+}
+
+/// Claims `d` for a worker of `kind` and runs `work` under a provisioning permit of the
+/// vCenter, in a span naming the pool and desktop; the end is handled by [`finish`].
+fn spawn_worker<F, Fut>(job: Job, d: Desktop, kind: WorkerKind, work: F)
+where
+    F: FnOnce(Arc<Ctx>, Client, Arc<Pool>, Desktop) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    if !job.ctx.claim(d.id, job.pool.id, kind) {
         return;
     }
-    let (ctx, vc, client, pool) = (
-        Arc::clone(ctx),
-        Arc::clone(vc),
-        client.clone(),
-        Arc::clone(pool),
-    );
-    let span = tracing::info_span!("provision", pool = %pool.spec.name, desktop = %d.name);
+    let (what, span) = match kind {
+        WorkerKind::Provision => (
+            "provisioning",
+            tracing::info_span!("provision", pool = %job.pool.spec.name, desktop = %d.name),
+        ),
+        WorkerKind::Delete => (
+            "deletion",
+            tracing::info_span!("delete", pool = %job.pool.spec.name, desktop = %d.name),
+        ),
+    };
     tokio::spawn(
         async move {
+            let Job {
+                ctx,
+                vc,
+                client,
+                pool,
+            } = job;
             let id = d.id;
-            let w = Provision {
+            let result = match permit(&ctx, &vc).await {
+                Ok(_permit) => work(Arc::clone(&ctx), client, Arc::clone(&pool), d).await,
+                Err(e) => Err(e),
+            };
+            finish(&ctx, &pool.spec.name, id, what, result);
+        }
+        .instrument(span),
+    );
+}
+
+/// Starts a worker that takes a desktop from `pending`, `cloning` or `powering_on` to `ready`.
+pub(crate) fn spawn_provision(job: Job, inventory: Option<Arc<Inventory>>, d: Desktop) {
+    spawn_worker(
+        job,
+        d,
+        WorkerKind::Provision,
+        |ctx, client, pool, d| async move {
+            Provision {
                 ctx: &ctx,
                 client: &client,
                 pool: &pool,
                 inventory,
-            };
-            let result = match permit(&ctx, &vc).await {
-                Ok(_permit) => w.run(d).await,
-                Err(e) => Err(e),
-            };
-            finish(&ctx, &pool.spec.name, id, "provisioning", result);
-        }
-        .instrument(span),
+            }
+            .run(d)
+            .await
+        },
     );
 }
 
@@ -594,33 +622,12 @@ async fn destroy_vm(client: &Client, vm: &MoRef) -> Result<bool, VsError> {
 }
 
 /// Starts a worker that powers off and destroys a `deleting` desktop's VM, then removes its row.
-pub(crate) fn spawn_delete(
-    ctx: &Arc<Ctx>,
-    vc: &Arc<Vcenter>,
-    client: &Client,
-    pool: &Arc<Pool>,
-    d: Desktop,
-) {
-    if !ctx.claim(d.id, pool.id, WorkerKind::Delete) {
-        return;
-    }
-    let (ctx, vc, client, pool) = (
-        Arc::clone(ctx),
-        Arc::clone(vc),
-        client.clone(),
-        Arc::clone(pool),
-    );
-    let span = tracing::info_span!("delete", pool = %pool.spec.name, desktop = %d.name);
-    tokio::spawn(
-        async move {
-            let id = d.id;
-            let result = match permit(&ctx, &vc).await {
-                Ok(_permit) => delete(&ctx, &client, &pool, d).await,
-                Err(e) => Err(e),
-            };
-            finish(&ctx, &pool.spec.name, id, "deletion", result);
-        }
-        .instrument(span),
+pub(crate) fn spawn_delete(job: Job, d: Desktop) {
+    spawn_worker(
+        job,
+        d,
+        WorkerKind::Delete,
+        |ctx, client, pool, d| async move { delete(&ctx, &client, &pool, d).await },
     );
 }
 

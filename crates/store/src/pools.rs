@@ -129,6 +129,30 @@ fn guest_os_str(g: GuestOs) -> &'static str {
     }
 }
 
+type PoolQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, PoolRow, sqlx::postgres::PgArguments>;
+
+/// Binds the spec's fields from `vcenter` to `enabled`, in column order (shared by insert and
+/// update, whose statements list them in the same order).
+fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
+    query
+        .bind(&spec.vcenter)
+        .bind(&spec.datacenter)
+        .bind(&spec.golden_vm)
+        .bind(&spec.snapshot)
+        .bind(&spec.folder)
+        .bind(&spec.resource_pool)
+        .bind(&spec.datastore)
+        .bind(&spec.customization_spec)
+        .bind(&spec.naming_pattern)
+        .bind(guest_os_str(spec.guest_os))
+        .bind(to_i32(spec.target_size))
+        .bind(to_i32(spec.min_size))
+        .bind(to_i32(spec.max_size))
+        .bind(spec.power_on)
+        .bind(to_i32(spec.max_concurrent_clones))
+        .bind(spec.enabled)
+}
+
 fn not_found(name: &str) -> StoreError {
     StoreError::NotFound {
         what: "pool",
@@ -139,7 +163,7 @@ fn not_found(name: &str) -> StoreError {
 /// Inserts a new pool. The caller validates the spec first; the database re-checks names and
 /// size bounds. A taken name is `StoreError::Conflict` on `pools_name_key`.
 pub async fn insert(conn: &mut PgConnection, spec: &PoolSpec) -> Result<Pool, StoreError> {
-    let row: PoolRow = sqlx::query_as(
+    let query = sqlx::query_as(
         "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
              datastore, customization_spec, naming_pattern, guest_os, target_size, min_size, max_size,
              power_on, max_concurrent_clones, enabled)
@@ -147,25 +171,8 @@ pub async fn insert(conn: &mut PgConnection, spec: &PoolSpec) -> Result<Pool, St
          RETURNING *",
     )
     .bind(Uuid::new_v4())
-    .bind(&spec.name)
-    .bind(&spec.vcenter)
-    .bind(&spec.datacenter)
-    .bind(&spec.golden_vm)
-    .bind(&spec.snapshot)
-    .bind(&spec.folder)
-    .bind(&spec.resource_pool)
-    .bind(&spec.datastore)
-    .bind(&spec.customization_spec)
-    .bind(&spec.naming_pattern)
-    .bind(guest_os_str(spec.guest_os))
-    .bind(to_i32(spec.target_size))
-    .bind(to_i32(spec.min_size))
-    .bind(to_i32(spec.max_size))
-    .bind(spec.power_on)
-    .bind(to_i32(spec.max_concurrent_clones))
-    .bind(spec.enabled)
-    .fetch_one(conn)
-    .await?;
+    .bind(&spec.name);
+    let row: PoolRow = bind_spec(query, spec).fetch_one(conn).await?;
     row.try_into()
 }
 
@@ -254,7 +261,7 @@ pub async fn update_spec(
             message: format!("pool '{name}' is being deleted"),
         });
     }
-    let row: PoolRow = sqlx::query_as(
+    let query = sqlx::query_as(
         "UPDATE pools SET vcenter = $2, datacenter = $3, golden_vm = $4, snapshot = $5, folder = $6,
              resource_pool = $7, datastore = $8, customization_spec = $9, naming_pattern = $10,
              guest_os = $11, target_size = $12, min_size = $13, max_size = $14, power_on = $15,
@@ -266,25 +273,8 @@ pub async fn update_spec(
              version = version + 1, updated_at = now()
          WHERE name = $1 RETURNING *",
     )
-    .bind(name)
-    .bind(&spec.vcenter)
-    .bind(&spec.datacenter)
-    .bind(&spec.golden_vm)
-    .bind(&spec.snapshot)
-    .bind(&spec.folder)
-    .bind(&spec.resource_pool)
-    .bind(&spec.datastore)
-    .bind(&spec.customization_spec)
-    .bind(&spec.naming_pattern)
-    .bind(guest_os_str(spec.guest_os))
-    .bind(to_i32(spec.target_size))
-    .bind(to_i32(spec.min_size))
-    .bind(to_i32(spec.max_size))
-    .bind(spec.power_on)
-    .bind(to_i32(spec.max_concurrent_clones))
-    .bind(spec.enabled)
-    .fetch_one(conn)
-    .await?;
+    .bind(name);
+    let row: PoolRow = bind_spec(query, spec).fetch_one(conn).await?;
     row.try_into()
 }
 
