@@ -464,13 +464,26 @@ async fn with_daemon(
         args.clone_delay_ms,
         args.power_delay_ms
     );
+    let before = sim.stats().await;
     load(&api, &pools, args).await?;
     let s = sim.stats().await;
+    let mut by_method: Vec<(&String, u64)> = s
+        .soap_calls
+        .iter()
+        .map(|(m, n)| (m, n - before.calls(m)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    by_method.sort_by_key(|m| std::cmp::Reverse(m.1));
     println!(
-        "reconciler meanwhile (simulator counters so far): {} CloneVM_Task, {} Destroy_Task, {} SOAP calls",
-        s.calls("CloneVM_Task"),
-        s.calls("Destroy_Task"),
-        s.soap_calls_total
+        "reconciler meanwhile: {} SOAP calls for {} CloneVM_Task and {} Destroy_Task; by method: {}",
+        s.soap_calls_total - before.soap_calls_total,
+        s.calls("CloneVM_Task") - before.calls("CloneVM_Task"),
+        s.calls("Destroy_Task") - before.calls("Destroy_Task"),
+        by_method
+            .iter()
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     resize_to_clone(&api, sim, &pools, args.samples).await
 }
