@@ -29,7 +29,7 @@ pub struct PlanInput<'a> {
     pub may_create: bool,
     /// Desktops may be removed (false only while the pool is paused).
     pub may_delete: bool,
-    /// The pool's own bound on clones in flight.
+    /// The pool's own bound on clones in flight (pending or cloning desktops).
     pub max_concurrent: u32,
     /// Free provisioning slots left under the vCenter-wide bound.
     pub global_slots: u32,
@@ -106,7 +106,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         let in_flight = input
             .desktops
             .iter()
-            .filter(|d| d.state.is_provisioning())
+            .filter(|d| d.state.occupies_clone_slot())
             .count() as u32;
         let slots = input
             .max_concurrent
@@ -215,7 +215,7 @@ mod tests {
             i.max_concurrent = conc;
             i.global_slots = global;
             let p = plan(&i);
-            let in_flight = ds.iter().filter(|d| d.state.is_provisioning()).count() as u32;
+            let in_flight = ds.iter().filter(|d| d.state.occupies_clone_slot()).count() as u32;
             prop_assert!(p.create.is_empty() || in_flight + p.create.len() as u32 <= conc);
             prop_assert!(p.create.len() as u32 <= global);
             let used: BTreeSet<u32> = ds.iter().map(|d| d.index).collect();

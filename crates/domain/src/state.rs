@@ -74,6 +74,12 @@ impl DesktopState {
         matches!(self, Self::Pending | Self::Cloning | Self::PoweringOn)
     }
 
+    /// A clone is pending or running: counts against the pool's `max_concurrent_clones`
+    /// (a desktop that is powering on no longer does).
+    pub fn occupies_clone_slot(self) -> bool {
+        matches!(self, Self::Pending | Self::Cloning)
+    }
+
     /// The desktop counts toward the pool's size (it is, or will become, usable).
     pub fn counts_toward_size(self) -> bool {
         self.is_provisioning() || self == Self::Ready

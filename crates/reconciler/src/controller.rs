@@ -25,8 +25,9 @@ pub(crate) enum WorkerKind {
     Delete,
 }
 
-/// (pool spec version, vCenter session generation) a resolved inventory is valid for.
-pub(crate) type InventoryKey = (i64, u64);
+/// What a resolved inventory is valid for: the spec fields it was resolved from (a resize
+/// changes none of them) and the vCenter session generation.
+pub(crate) type InventoryKey = (String, u64);
 
 #[derive(Debug, Default)]
 pub(crate) struct Runner {
@@ -61,6 +62,9 @@ pub(crate) struct Ctx {
     /// session may mean a restarted vCenter, so morefs are resolved again after a re-login.
     inventory: Mutex<HashMap<String, (InventoryKey, Arc<Inventory>)>>,
     backoff: Mutex<HashMap<String, Backoff>>,
+    /// Pools that wanted to clone but found their vCenter's provisioning slots all taken:
+    /// woken when a slot frees, since no worker of their own may be left to wake them.
+    slot_waiters: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +93,7 @@ impl Ctx {
             fresh: Mutex::default(),
             inventory: Mutex::default(),
             backoff: Mutex::default(),
+            slot_waiters: Mutex::default(),
         }
     }
 
@@ -196,11 +201,11 @@ impl Ctx {
     pub(crate) fn cached_inventory(
         &self,
         pool: &str,
-        version: InventoryKey,
+        key: &InventoryKey,
     ) -> Option<Arc<Inventory>> {
         lock(&self.inventory)
             .get(pool)
-            .filter(|(v, _)| *v == version)
+            .filter(|(k, _)| k == key)
             .map(|(_, inv)| Arc::clone(inv))
     }
 
@@ -242,6 +247,19 @@ impl Ctx {
         };
         self.wake_after(pool, delay);
         delay
+    }
+
+    /// Remembers that `pool` waits for a provisioning slot of its vCenter.
+    pub(crate) fn wait_for_slot(&self, pool: &str) {
+        lock(&self.slot_waiters).insert(pool.to_owned());
+    }
+
+    /// A provisioning slot was freed: every pool waiting for one gets a pass.
+    pub(crate) fn slot_freed(self: &Arc<Self>) {
+        let waiting: Vec<String> = lock(&self.slot_waiters).drain().collect();
+        for pool in waiting {
+            self.wake(&pool);
+        }
     }
 
     pub(crate) fn clear_backoff(&self, pool: &str) {
@@ -438,6 +456,9 @@ async fn watch_vms(ctx: Arc<Ctx>, vc: Arc<Vcenter>) {
 /// The periodic full comparison: one inventory read per vCenter (all VMs with deskpool
 /// markers), handed to each pool's next pass.
 async fn sweep(ctx: &Arc<Ctx>) -> Result<(), Error> {
+    // Resolve inventory afresh from now on: with `snapshot = "current"` a new snapshot of the
+    // golden VM is picked up within one resync interval (only pools that clone pay for it).
+    lock(&ctx.inventory).clear();
     let all = {
         let mut conn = ctx.db.acquire().await?;
         pools::list(&mut conn).await?

@@ -15,6 +15,22 @@ pub(crate) struct Inventory {
     pub(crate) customization: Option<CustomizationSpecXml>,
 }
 
+/// The spec fields resolution depends on, as one string: equal fingerprints resolve to the
+/// same objects, so a resize or another change that touches none of them keeps the cache.
+pub(crate) fn fingerprint(spec: &PoolSpec) -> String {
+    [
+        spec.vcenter.as_str(),
+        &spec.datacenter,
+        &spec.golden_vm,
+        &spec.snapshot,
+        &spec.folder,
+        &spec.resource_pool,
+        spec.datastore.as_deref().unwrap_or(""),
+        spec.customization_spec.as_deref().unwrap_or(""),
+    ]
+    .join("\u{1f}")
+}
+
 /// Why resolution failed.
 #[derive(Debug)]
 pub(crate) enum ResolveError {

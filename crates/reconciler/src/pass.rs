@@ -138,9 +138,12 @@ async fn pass(
     let wants_clones =
         counted < pool.spec.target_size || rows.iter().any(|d| d.state == DesktopState::Pending);
     let mut problem = None;
-    let cache_key = (pool.version, *client.subscribe_reconnects().borrow());
+    let cache_key = (
+        inventory::fingerprint(&pool.spec),
+        *client.subscribe_reconnects().borrow(),
+    );
     let inventory = if active && wants_clones && !backing_off {
-        match ctx.cached_inventory(&name, cache_key) {
+        match ctx.cached_inventory(&name, &cache_key) {
             Some(inv) => Some(inv),
             None => match inventory::resolve(&client, &pool.spec).await {
                 Ok(inv) => {
@@ -178,15 +181,21 @@ async fn pass(
             powered_on: d.powered_on,
         })
         .collect();
+    let global_slots = vc.permits.available_permits() as u32;
     let planned = plan(&PlanInput {
         target: if deleting { 0 } else { pool.spec.target_size },
         may_create: inventory.is_some(),
         may_delete: deleting || pool.spec.enabled,
         max_concurrent: pool.spec.max_concurrent_clones,
-        global_slots: vc.permits.available_permits() as u32,
+        global_slots,
         max_index: pool.spec.max_index(),
         desktops: &views,
     });
+    let created = planned.create.len() as u32;
+    if inventory.is_some() && counted + created < pool.spec.target_size && created >= global_slots {
+        // The vCenter-wide bound held this pool back: a freed slot must wake it.
+        ctx.wait_for_slot(&name);
+    }
 
     let rows = if planned.is_empty() {
         rows

@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::status::VcenterStatus;
 use crate::VcenterSpec;
 
+/// Power-on operations in flight per vCenter, as Horizon's default.
+const MAX_CONCURRENT_POWER_ON: usize = 50;
+
 /// A vCenter connection shared by every pool on it.
 #[derive(Debug)]
 pub(crate) struct Vcenter {
@@ -17,8 +20,10 @@ pub(crate) struct Vcenter {
     spec: VcenterSpec,
     client: RwLock<Option<Client>>,
     last_error: Mutex<Option<String>>,
-    /// Provisioning operations in flight on this vCenter, across pools.
+    /// Provisioning operations (clones, destroys) in flight on this vCenter, across pools.
     pub(crate) permits: Arc<Semaphore>,
+    /// Power-on operations in flight on this vCenter (Horizon's default bound: 50).
+    pub(crate) power_permits: Arc<Semaphore>,
 }
 
 impl Vcenter {
@@ -29,6 +34,7 @@ impl Vcenter {
             client: RwLock::new(None),
             last_error: Mutex::new(None),
             permits: Arc::new(Semaphore::new(max_concurrent.max(1) as usize)),
+            power_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_POWER_ON)),
         }
     }
 

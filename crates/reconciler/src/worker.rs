@@ -12,7 +12,7 @@ use deskpool_store::pools::{self, Pool, Status};
 use deskpool_vsphere::{
     Client, Error as VsError, Fault, FaultKind, LinkedCloneSpec, MoRef, PowerState, VmInfo,
 };
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::controller::{Ctx, WorkerKind};
@@ -61,16 +61,17 @@ async fn wait(client: &Client, task: &MoRef) -> Result<Option<MoRef>, VsError> {
     }
 }
 
-async fn permit(ctx: &Ctx, vc: &Vcenter) -> Result<OwnedSemaphorePermit, Error> {
+async fn permit(ctx: &Ctx, sem: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, Error> {
     tokio::select! {
         _ = ctx.cancel.cancelled() => Err(Error::Stopped("leadership ended")),
-        p = Arc::clone(&vc.permits).acquire_owned() => p.map_err(|_| Error::Stopped("vCenter bound closed")),
+        p = Arc::clone(sem).acquire_owned() => p.map_err(|_| Error::Stopped("vCenter bound closed")),
     }
 }
 
 /// Handles the end of a worker: frees the desktop, backs off on trouble, wakes the pool.
 fn finish(ctx: &Arc<Ctx>, pool: &str, desktop: uuid::Uuid, what: &str, result: Result<(), Error>) {
     ctx.release(desktop);
+    ctx.slot_freed();
     match result {
         Ok(()) => {}
         Err(Error::Stopped(_)) | Err(Error::Store(deskpool_store::StoreError::Fenced { .. })) => {
@@ -94,11 +95,11 @@ pub(crate) struct Job {
     pub(crate) pool: Arc<Pool>,
 }
 
-/// Claims `d` for a worker of `kind` and runs `work` under a provisioning permit of the
-/// vCenter, in a span naming the pool and desktop; the end is handled by [`finish`].
+/// Claims `d` for a worker of `kind` and runs `work` (which takes the permits it needs) in a
+/// span naming the pool and desktop; the end is handled by [`finish`].
 fn spawn_worker<F, Fut>(job: Job, d: Desktop, kind: WorkerKind, work: F)
 where
-    F: FnOnce(Arc<Ctx>, Client, Arc<Pool>, Desktop) -> Fut + Send + 'static,
+    F: FnOnce(Arc<Ctx>, Arc<Vcenter>, Client, Arc<Pool>, Desktop) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
 {
     if !job.ctx.claim(d.id, job.pool.id, kind) {
@@ -123,10 +124,7 @@ where
                 pool,
             } = job;
             let id = d.id;
-            let result = match permit(&ctx, &vc).await {
-                Ok(_permit) => work(Arc::clone(&ctx), client, Arc::clone(&pool), d).await,
-                Err(e) => Err(e),
-            };
+            let result = work(Arc::clone(&ctx), vc, client, Arc::clone(&pool), d).await;
             finish(&ctx, &pool.spec.name, id, what, result);
         }
         .instrument(span),
@@ -139,9 +137,10 @@ pub(crate) fn spawn_provision(job: Job, inventory: Option<Arc<Inventory>>, d: De
         job,
         d,
         WorkerKind::Provision,
-        |ctx, client, pool, d| async move {
+        |ctx, vc, client, pool, d| async move {
             Provision {
                 ctx: &ctx,
+                vc: &vc,
                 client: &client,
                 pool: &pool,
                 inventory,
@@ -154,6 +153,7 @@ pub(crate) fn spawn_provision(job: Job, inventory: Option<Arc<Inventory>>, d: De
 
 struct Provision<'a> {
     ctx: &'a Arc<Ctx>,
+    vc: &'a Vcenter,
     client: &'a Client,
     pool: &'a Pool,
     inventory: Option<Arc<Inventory>>,
@@ -164,9 +164,30 @@ impl Provision<'_> {
         &self.pool.spec.name
     }
 
+    /// Takes the desktop step by step to `ready`. Cloning holds a provisioning slot of the
+    /// vCenter; powering on holds a power slot instead (Horizon bounds the two separately), so
+    /// the next clone starts while this desktop boots.
     async fn run(&self, mut d: Desktop) -> Result<(), Error> {
         let mut clone_started = None;
+        let mut slot: Option<OwnedSemaphorePermit> = None;
         loop {
+            let wanted = match d.state {
+                DesktopState::Pending | DesktopState::Cloning => Some(&self.vc.permits),
+                DesktopState::PoweringOn => Some(&self.vc.power_permits),
+                _ => None,
+            };
+            if let Some(sem) = wanted {
+                if !slot
+                    .as_ref()
+                    .is_some_and(|p| Arc::ptr_eq(p.semaphore(), sem))
+                {
+                    let freed = slot.take().is_some();
+                    if freed {
+                        self.ctx.slot_freed();
+                    }
+                    slot = Some(permit(self.ctx, sem).await?);
+                }
+            }
             let next = match d.state {
                 DesktopState::Pending => {
                     clone_started = Some(Instant::now());
@@ -627,7 +648,10 @@ pub(crate) fn spawn_delete(job: Job, d: Desktop) {
         job,
         d,
         WorkerKind::Delete,
-        |ctx, client, pool, d| async move { delete(&ctx, &client, &pool, d).await },
+        |ctx, vc, client, pool, d| async move {
+            let _slot = permit(&ctx, &vc.permits).await?;
+            delete(&ctx, &client, &pool, d).await
+        },
     );
 }
 
@@ -681,7 +705,7 @@ pub(crate) fn spawn_orphan_destroy(
     let (ctx, vc, client) = (Arc::clone(ctx), Arc::clone(vc), client.clone());
     let pool = pool.spec.name.clone();
     tokio::spawn(async move {
-        let Ok(_permit) = permit(&ctx, &vc).await else {
+        let Ok(_permit) = permit(&ctx, &vc.permits).await else {
             return;
         };
         match destroy_vm(&client, &vm.moref).await {

@@ -235,9 +235,9 @@ async fn crash_at_random_moments_converges_exactly(
     set_target(&db, "lab", 16).await;
     let _r = Replica::start(&opts, vec![vcenter(&sim)], config("final"));
     converged(&db, &sim, "lab", 16).await;
-    let names: Vec<String> = rows(&db, "lab").await.into_iter().map(|d| d.name).collect();
-    let expected: Vec<String> = (1..=16).map(|i| format!("lab-{i:03}")).collect();
-    assert_eq!(names, expected);
+    // `converged` checked exactly 16 rows and 16 VMs in the folder, one per row by instance
+    // UUID, with unique names: no duplicate and no orphan survived the crashes. Which indexes
+    // remain depends on the random targets (scale-down removes unfinished desktops first).
 }
 
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
