@@ -73,6 +73,8 @@ type harness struct {
 	rng      *rand.Rand
 	stats    counters
 	reserved map[nameKey]bool // clone names in flight per folder
+
+	pages *pager // RetrievePropertiesEx results not yet read (paging.go)
 }
 
 func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {
@@ -89,6 +91,7 @@ func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {
 		rng:      rand.New(rand.NewSource(o.seed)),
 		stats:    newCounters(),
 		reserved: map[nameKey]bool{},
+		pages:    newPager(),
 	}
 }
 
@@ -163,12 +166,16 @@ func (h *harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				}
 			}()
 		}
-	case "RetrieveProperties", "RetrievePropertiesEx", "ContinueRetrievePropertiesEx":
+	case "RetrieveProperties", "RetrievePropertiesEx", "ContinueRetrievePropertiesEx", "CancelRetrievePropertiesEx":
 		// 0.24.2 answers these without a session (with per-property
 		// NotAuthenticated in missingSet); vCenter faults the whole call.
 		if !h.sessionValid(r) {
 			writeFault(w, "The session is not authenticated.", notAuthenticatedXML(
 				types.ManagedObjectReference{Type: "PropertyCollector", Value: "propertyCollector"}, "System.View"))
+			return
+		}
+		// 0.24.2 ignores maxObjects and has no continuation: page like vCenter.
+		if h.paging(w, r, name, body) {
 			return
 		}
 	}

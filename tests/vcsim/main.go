@@ -7,6 +7,9 @@
 //     completes later through the simulator so property collectors see it),
 //   - DuplicateName, missing-snapshot and injected InsufficientResourcesFault
 //     task errors, spec.powerOn,
+//   - paging in RetrievePropertiesEx: options.maxObjects (and -page-cap) cut
+//     the answer into pages with a token, read with ContinueRetrievePropertiesEx,
+//     dropped with CancelRetrievePropertiesEx (paging.go),
 //   - counters (SOAP calls per method, non-linked clones, clones in flight),
 //   - a JSON control API on a second listener (see control.go).
 //
@@ -53,6 +56,7 @@ type options struct {
 	leaveVMRate   float64
 	seed          int64
 	sessionIdle   time.Duration
+	pageCap       int
 	tmpDir        string
 	stdinWatch    bool
 	verbose       bool
@@ -74,6 +78,7 @@ func parseFlags() options {
 	flag.Float64Var(&o.leaveVMRate, "fail-leave-vm-rate", 0, "fraction of injected clone failures that leave the VM behind")
 	flag.Int64Var(&o.seed, "seed", 1, "seed for the failure-injection RNG")
 	flag.DurationVar(&o.sessionIdle, "session-idle", 0, "simulator.SessionIdleTimeout (0 = sessions never expire when idle)")
+	flag.IntVar(&o.pageCap, "page-cap", 0, "most objects per RetrievePropertiesEx page even when the client asks for more or sets no maxObjects (0 = only honour options.maxObjects)")
 	flag.StringVar(&o.tmpDir, "tmp-dir", "", "directory for the simulated datastores (default: a fresh temp dir, removed on exit)")
 	flag.BoolVar(&o.stdinWatch, "stdin-watch", false, "exit when stdin reaches EOF (parent died)")
 	flag.BoolVar(&o.verbose, "verbose", false, "keep the simulator's log output")

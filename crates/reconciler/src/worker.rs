@@ -181,9 +181,11 @@ impl Provision<'_> {
                     .as_ref()
                     .is_some_and(|p| Arc::ptr_eq(p.semaphore(), sem))
                 {
-                    let freed = slot.take().is_some();
-                    if freed {
+                    if slot.take().is_some() {
+                        // The clone is done: its slot (and the pool's clone bound) is free for
+                        // the next desktop while this one powers on.
                         self.ctx.slot_freed();
+                        self.ctx.wake(self.pool_name());
                     }
                     slot = Some(permit(self.ctx, sem).await?);
                 }

@@ -510,6 +510,80 @@ async fn list_vms_reads_every_page() {
     assert_eq!(sim.stats().await.calls("DestroyView"), 3);
 }
 
+/// The harness pages RetrievePropertiesEx like vCenter (at most `maxObjects` objects and a
+/// token): the client follows ContinueRetrievePropertiesEx and sees every VM exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_vms_follows_continuation_tokens() {
+    let sim = Vcsim::start(VcsimOptions {
+        folders: vec!["many".into()],
+        ..Default::default()
+    })
+    .await;
+    let mut o = options(&sim);
+    o.page_size = 10;
+    let vc = Client::connect(o).await.unwrap();
+    let p = placement(&vc, &sim, "DC0/vm/many").await;
+    for r in futures::future::join_all((0..25).map(|i| {
+        let (vc, p) = (&vc, &p);
+        async move {
+            let t = vc
+                .clone_linked(&p.golden, &spec(p, &format!("many-{i:02}")))
+                .await?;
+            vc.wait_task(&t).await
+        }
+    }))
+    .await
+    {
+        assert!(r.unwrap().is_some());
+    }
+    sim.reset_stats().await;
+
+    let mut names: Vec<String> = vc
+        .list_vms(&p.folder)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    names.sort();
+    let want: Vec<String> = (0..25).map(|i| format!("many-{i:02}")).collect();
+    assert_eq!(names, want, "every VM of the folder exactly once");
+    let stats = sim.stats().await;
+    assert_eq!(
+        stats.calls("RetrievePropertiesEx"),
+        1,
+        "{:?}",
+        stats.soap_calls
+    );
+    // 25 objects in pages of 10: 10 + 10 + 5.
+    assert_eq!(
+        stats.calls("ContinueRetrievePropertiesEx"),
+        2,
+        "{:?}",
+        stats.soap_calls
+    );
+
+    // The whole inventory: every VM exactly once (compared by moref with the harness's view).
+    let mut all: Vec<String> = vc
+        .list_all_vms()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.moref.value)
+        .collect();
+    all.sort();
+    let mut expected: Vec<String> = sim.vms(None).await.into_iter().map(|v| v.moref).collect();
+    expected.sort();
+    assert!(expected.len() > 25, "{expected:?}");
+    assert_eq!(all, expected, "every VM of the inventory exactly once");
+    let stats = sim.stats().await;
+    assert!(
+        stats.calls("ContinueRetrievePropertiesEx") >= 4,
+        "{:?}",
+        stats.soap_calls
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customization_spec_round_trips_into_a_clone() {
     let sim = Vcsim::start(VcsimOptions::default()).await;
