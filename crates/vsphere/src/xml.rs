@@ -8,8 +8,7 @@
 use std::borrow::Cow;
 
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::{Namespace, ResolveResult};
-use quick_xml::NsReader;
+use quick_xml::Reader;
 
 use crate::types::MoRef;
 
@@ -114,11 +113,14 @@ impl std::fmt::Display for XmlError {
 pub(crate) fn parse(bytes: &[u8]) -> Result<Node<'_>, XmlError> {
     let text =
         std::str::from_utf8(bytes).map_err(|e| XmlError(format!("response is not UTF-8: {e}")))?;
-    let mut reader = NsReader::from_str(text);
+    let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;
     reader.config_mut().expand_empty_elements = false;
 
     let mut stack: Vec<Node<'_>> = Vec::new();
+    // Namespace prefixes in scope. Only type attributes need resolving, so a small stack of
+    // declarations is cheaper than a namespace-resolving reader.
+    let mut scopes = Scopes::default();
     let mut root: Option<Node<'_>> = None;
     loop {
         // Element namespaces do not matter (everything is urn:vim25); attribute prefixes
@@ -138,13 +140,14 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Node<'_>, XmlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError(format!("elements nested deeper than {MAX_DEPTH}")));
                 }
-                stack.push(open(text, &reader, &start)?);
+                stack.push(open(text, &mut scopes, stack.len(), &start)?);
             }
             Event::Empty(start) => {
                 if root.is_some() {
                     return Err(XmlError("content after the root element".into()));
                 }
-                let node = open(text, &reader, &start)?;
+                let node = open(text, &mut scopes, stack.len(), &start)?;
+                scopes.leave(stack.len());
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(node),
                     None => root = Some(node),
@@ -154,6 +157,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Node<'_>, XmlError> {
                 let node = stack
                     .pop()
                     .ok_or_else(|| XmlError("unbalanced end tag".into()))?;
+                scopes.leave(stack.len());
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(node),
                     None => root = Some(node),
@@ -211,39 +215,77 @@ fn reborrow<'a>(input: &'a str, part: &[u8]) -> Result<Cow<'a, str>, XmlError> {
         .map_err(|e| XmlError(format!("bad name: {e}")))
 }
 
+/// Namespace prefix declarations in scope: (prefix, bound to the XSI namespace, depth of the
+/// element that declared it).
+#[derive(Default)]
+struct Scopes<'a> {
+    decls: Vec<(&'a [u8], bool, usize)>,
+}
+
+impl<'a> Scopes<'a> {
+    /// Forgets the declarations of the element at `depth`, which just closed.
+    fn leave(&mut self, depth: usize) {
+        while self.decls.last().is_some_and(|d| d.2 >= depth) {
+            self.decls.pop();
+        }
+    }
+
+    /// Whether `prefix` is bound to the XSI namespace; None if it is not declared.
+    fn is_xsi(&self, prefix: &[u8]) -> Option<bool> {
+        self.decls.iter().rev().find(|d| d.0 == prefix).map(|d| d.1)
+    }
+}
+
 fn open<'a>(
     input: &'a str,
-    reader: &NsReader<&'a [u8]>,
+    scopes: &mut Scopes<'a>,
+    depth: usize,
     start: &BytesStart<'a>,
 ) -> Result<Node<'a>, XmlError> {
     let mut node = Node {
         name: reborrow(input, start.local_name().as_ref())?,
         ..Node::default()
     };
+    // Declarations first: they apply to this element's own attributes too.
+    let mut typed = Vec::new();
     for attr in start.attributes().with_checks(false) {
         let attr = attr.map_err(|e| XmlError(format!("bad attribute on <{}>: {e}", node.name)))?;
-        let (ns, local) = reader.resolve_attribute(attr.key);
-        if local.as_ref() != b"type" {
-            continue;
+        let key: &[u8] = attr.key.as_ref();
+        if let Some(prefix) = key.strip_prefix(b"xmlns:") {
+            let prefix: &'a [u8] = match reborrow(input, prefix)? {
+                Cow::Borrowed(p) => p.as_bytes(),
+                Cow::Owned(_) => return Err(XmlError("namespace prefix outside the input".into())),
+            };
+            let uri = attr
+                .unescape_value()
+                .map_err(|e| XmlError(format!("bad namespace on <{}>: {e}", node.name)))?;
+            scopes.decls.push((prefix, uri.as_bytes() == XSI_NS, depth));
+        } else if key == b"type" || key.ends_with(b":type") {
+            typed.push(attr);
         }
+    }
+    for attr in typed {
         let raw = reborrow(input, &attr.value)?;
         let value = match raw {
             Cow::Borrowed(b) => quick_xml::escape::unescape(b),
             Cow::Owned(o) => quick_xml::escape::unescape(&o).map(|c| Cow::Owned(c.into_owned())),
         }
         .map_err(|e| XmlError(format!("bad attribute value on <{}>: {e}", node.name)))?;
-        match ns {
-            ResolveResult::Bound(Namespace(uri)) if uri == XSI_NS => node.xsi_type = Some(value),
-            ResolveResult::Unbound => node.type_attr = Some(value),
-            // A prefix we cannot resolve is a malformed document, not something to guess at.
-            ResolveResult::Unknown(p) => {
-                return Err(XmlError(format!(
-                    "undeclared namespace prefix '{}' on <{}>",
-                    String::from_utf8_lossy(&p),
-                    node.name
-                )))
-            }
-            ResolveResult::Bound(_) => {}
+        let key: &[u8] = attr.key.as_ref();
+        match key.strip_suffix(b":type") {
+            None => node.type_attr = Some(value),
+            Some(prefix) => match scopes.is_xsi(prefix) {
+                Some(true) => node.xsi_type = Some(value),
+                Some(false) => {}
+                // A prefix we cannot resolve is a malformed document, not something to guess at.
+                None => {
+                    return Err(XmlError(format!(
+                        "undeclared namespace prefix '{}' on <{}>",
+                        String::from_utf8_lossy(prefix),
+                        node.name
+                    )))
+                }
+            },
         }
     }
     Ok(node)
