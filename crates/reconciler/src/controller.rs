@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use deskpool_domain::{EventKind, MARKER_POOL};
 use deskpool_store::{events, lease, pools, POOL_CHANNEL};
 use deskpool_vsphere::{VmChange, VmEvent, VmInfo};
+use futures::FutureExt as _;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -29,11 +30,14 @@ pub(crate) enum WorkerKind {
 /// changes none of them) and the vCenter session generation.
 pub(crate) type InventoryKey = (String, u64);
 
+/// An inventory sweep: when its listing started (database clock) and the VMs found.
+pub(crate) type Sweep = (chrono::DateTime<chrono::Utc>, Vec<VmInfo>);
+
 #[derive(Debug, Default)]
 pub(crate) struct Runner {
     notify: Notify,
     /// The last inventory sweep's VMs carrying this pool's marker, for the next pass.
-    sweep: Mutex<Option<Vec<VmInfo>>>,
+    sweep: Mutex<Option<Sweep>>,
     /// Changes vCenter reported for this pool's VMs since the last pass.
     vm_events: Mutex<Vec<VmEvent>>,
 }
@@ -249,9 +253,14 @@ impl Ctx {
         delay
     }
 
-    /// Remembers that `pool` waits for a provisioning slot of its vCenter.
-    pub(crate) fn wait_for_slot(&self, pool: &str) {
+    /// Remembers that `pool` waits for a provisioning slot of its vCenter; if one freed
+    /// meanwhile, wakes it at once (a slot freed between reading the free count and
+    /// registering would otherwise be missed).
+    pub(crate) fn wait_for_slot(self: &Arc<Self>, pool: &str, vc: &Vcenter) {
         lock(&self.slot_waiters).insert(pool.to_owned());
+        if vc.permits.available_permits() > 0 {
+            self.slot_freed();
+        }
     }
 
     /// A provisioning slot was freed: every pool waiting for one gets a pass.
@@ -282,12 +291,12 @@ impl Ctx {
         runner.notify.notify_one();
     }
 
-    fn hand_sweep(self: &Arc<Self>, pool: &str, vms: Vec<VmInfo>) {
+    fn hand_sweep(self: &Arc<Self>, pool: &str, sweep: Sweep) {
         if self.cancel.is_cancelled() {
             return;
         }
         let runner = self.runner(pool);
-        *lock(&runner.sweep) = Some(vms);
+        *lock(&runner.sweep) = Some(sweep);
         runner.notify.notify_one();
     }
 }
@@ -309,11 +318,20 @@ async fn run_pool(ctx: Arc<Ctx>, pool: String, runner: Arc<Runner>) {
             Ok(Outcome::Done) => {}
             Ok(Outcome::Gone) => {
                 ctx.drop_runner(&pool, &runner);
+                // A wake that reached this runner after the pass (e.g. the pool was created
+                // again under the same name) goes to a new runner.
+                if runner.notify.notified().now_or_never().is_some() {
+                    ctx.wake(&pool);
+                }
                 return;
             }
-            Err(Error::Stopped(_))
-            | Err(Error::Store(deskpool_store::StoreError::Fenced { .. })) => {
-                tracing::warn!(pool, "leadership lost; pool runner stops");
+            Err(Error::Stopped(_)) => {
+                tracing::warn!(pool, "leadership ended; pool runner stops");
+                return;
+            }
+            Err(Error::Store(deskpool_store::StoreError::Fenced { .. })) => {
+                tracing::warn!(pool, "leadership lost; ending this term");
+                ctx.cancel.cancel();
                 return;
             }
             Err(e) => {
@@ -472,6 +490,10 @@ async fn sweep(ctx: &Arc<Ctx>) -> Result<(), Error> {
             on_vc.iter().for_each(|p| ctx.wake(&p.spec.name));
             continue;
         };
+        // Rows changed after this instant may have VMs the listing missed (the database's
+        // clock, the one their `updated_at` uses).
+        let (listed_at,): (chrono::DateTime<chrono::Utc>,) =
+            sqlx::query_as("SELECT now()").fetch_one(&ctx.db).await?;
         let vms = match client.list_all_vms().await {
             Ok(vms) => vms,
             Err(e) => {
@@ -488,7 +510,7 @@ async fn sweep(ctx: &Arc<Ctx>) -> Result<(), Error> {
         }
         for p in on_vc {
             let vms = by_pool.remove(&p.spec.name).unwrap_or_default();
-            ctx.hand_sweep(&p.spec.name, vms);
+            ctx.hand_sweep(&p.spec.name, (listed_at, vms));
         }
         // VMs marked for pools that no longer exist are left alone but reported.
         for (pool, vms) in by_pool {

@@ -10,11 +10,11 @@ use deskpool_domain::{
 use deskpool_store::desktops::{self, Desktop, NewDesktop, Progress};
 use deskpool_store::pools::{self, Pool, Status};
 use deskpool_store::StoreError;
-use deskpool_vsphere::{Client, PowerState, VmChange, VmEvent, VmInfo};
+use deskpool_vsphere::{Client, PowerState, VmChange, VmEvent};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::controller::{Ctx, WorkerKind};
+use crate::controller::{Ctx, Sweep, WorkerKind};
 use crate::inventory::{self, Inventory, ResolveError};
 use crate::vcenter::Vcenter;
 use crate::worker;
@@ -77,7 +77,7 @@ pub(crate) async fn note(ctx: &Ctx, pool: &Pool, message: Option<String>) -> Res
 pub(crate) async fn run(
     ctx: &Arc<Ctx>,
     name: &str,
-    sweep: Option<Vec<VmInfo>>,
+    sweep: Option<Sweep>,
     vm_events: Vec<VmEvent>,
 ) -> Result<Outcome, Error> {
     let pool = {
@@ -94,7 +94,7 @@ pub(crate) async fn run(
 async fn pass(
     ctx: &Arc<Ctx>,
     pool: Pool,
-    sweep: Option<Vec<VmInfo>>,
+    sweep: Option<Sweep>,
     vm_events: Vec<VmEvent>,
 ) -> Result<Outcome, Error> {
     let name = pool.spec.name.clone();
@@ -194,7 +194,7 @@ async fn pass(
     let created = planned.create.len() as u32;
     if inventory.is_some() && counted + created < pool.spec.target_size && created >= global_slots {
         // The vCenter-wide bound held this pool back: a freed slot must wake it.
-        ctx.wait_for_slot(&name);
+        ctx.wait_for_slot(&name, &vc);
     }
 
     let rows = if planned.is_empty() {
@@ -392,9 +392,8 @@ async fn resync(
     pool: &Pool,
     vc: &Arc<Vcenter>,
     client: &Client,
-    vms: Vec<VmInfo>,
+    (listed_at, vms): Sweep,
 ) -> Result<(), Error> {
-    let listed_at = chrono::Utc::now();
     let rows = {
         let mut conn = ctx.db.acquire().await?;
         desktops::list_for_pool(&mut conn, pool.id).await?
@@ -411,7 +410,16 @@ async fn resync(
             .iter()
             .find(|(k, _)| k == MARKER_DESKTOP)
             .map(|(_, v)| v.as_str());
-        match uuid.and_then(|u| by_uuid.get(&u)) {
+        // Matched by instance UUID, else by moref or desktop marker (a VM adopted after a
+        // DuplicateName may carry another instance UUID than the row's).
+        let row = uuid
+            .and_then(|u| by_uuid.get(&u).copied())
+            .or_else(|| {
+                rows.iter()
+                    .find(|d| d.vm_moref.as_deref() == Some(vm.moref.value.as_str()))
+            })
+            .or_else(|| marker.and_then(|m| rows.iter().find(|d| d.id.to_string() == m)));
+        match row {
             Some(d) => {
                 seen.insert(d.id);
                 if ctx.has_worker(d.id) {

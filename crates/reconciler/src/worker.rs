@@ -37,6 +37,15 @@ fn not_found(e: &VsError) -> bool {
     is_fault(e, |k| matches!(k, FaultKind::ManagedObjectNotFound { .. }))
 }
 
+/// `ManagedObjectNotFound` naming the task itself (not an object the task worked on).
+fn task_gone(e: &VsError, task: &str) -> bool {
+    is_fault(e, |k| match k {
+        FaultKind::ManagedObjectNotFound { obj: Some(o) } => o.value == task,
+        FaultKind::ManagedObjectNotFound { obj: None } => true,
+        _ => false,
+    })
+}
+
 fn invalid_state(e: &VsError) -> bool {
     is_fault(e, |k| matches!(k, FaultKind::InvalidState))
 }
@@ -74,8 +83,12 @@ fn finish(ctx: &Arc<Ctx>, pool: &str, desktop: uuid::Uuid, what: &str, result: R
     ctx.slot_freed();
     match result {
         Ok(()) => {}
-        Err(Error::Stopped(_)) | Err(Error::Store(deskpool_store::StoreError::Fenced { .. })) => {
-            return
+        Err(Error::Stopped(_)) => return,
+        Err(Error::Store(deskpool_store::StoreError::Fenced { .. })) => {
+            // This term is over even if the leader loop has not noticed: end it, so a fresh
+            // controller starts once the lease is (re)taken.
+            ctx.cancel.cancel();
+            return;
         }
         Err(e) => {
             // The backoff wakes the pool when it is over; waking it now would only spin.
@@ -250,6 +263,10 @@ impl Provision<'_> {
             customization: inv.customization.clone(),
             power_on: false,
         };
+        if self.ctx.cancel.is_cancelled() {
+            // Leadership ended while this worker waited: the new leader owns this desktop.
+            return Err(Error::Stopped("leadership ended"));
+        }
         match self.client.clone_linked(&inv.golden, &spec).await {
             Ok(task) => {
                 let msg = format!(
@@ -303,8 +320,8 @@ impl Provision<'_> {
             match wait(self.client, &task_ref(task)).await {
                 Ok(Some(result)) => vm = Some(result),
                 Ok(None) => {}
-                // The task is gone (finished long ago): the UUID lookup below decides.
-                Err(e) if not_found(&e) => {}
+                // The task itself is gone (finished long ago): the UUID lookup below decides.
+                Err(e) if task_gone(&e, task) => {}
                 Err(e @ VsError::Fault(_)) => return self.clone_failed(d, e).await,
                 Err(e) => return Err(e.into()),
             }
@@ -322,6 +339,7 @@ impl Provision<'_> {
                     // new worker with freshly resolved inventory (vCenter may have restarted).
                     tracing::warn!(desktop = %d.name, "clone task vanished without a VM; cloning again");
                     self.ctx.forget_inventory(self.pool_name());
+                    self.ctx.back_off(self.pool_name());
                     self.back_to_pending(&d).await?;
                     return Ok(None);
                 }
@@ -449,6 +467,8 @@ impl Provision<'_> {
                     Err(ResolveError::Transient(e)) => return Err(e.into()),
                     Ok(_) => {
                         tracing::warn!(desktop = %d.name, error = %e, "inventory changed under the pool; cloning again with fresh references");
+                        self.back_to_pending(&d).await?;
+                        self.ctx.back_off(self.pool_name());
                         return Ok(None);
                     }
                 }
@@ -590,7 +610,7 @@ impl Provision<'_> {
         if ours {
             // The name holder carries this pool's marker but another desktop id: the row it
             // belonged to is gone (the name is unique in the database), so it is an orphan.
-            if destroy_vm(self.client, &vm).await? {
+            if destroy_vm(self.client, &vm, None).await? {
                 let msg = format!(
                     "destroyed orphan VM {} ({vm}) that held the name of desktop {}",
                     d.name, d.name
@@ -616,11 +636,29 @@ impl Provision<'_> {
     }
 }
 
-/// Powers a VM off (if needed) and destroys it; a VM already gone is fine.
-async fn destroy_vm(client: &Client, vm: &MoRef) -> Result<bool, VsError> {
+/// Powers a VM off (if needed) and destroys it; a VM already gone is fine. With `owner`
+/// (pool, desktop id), a VM whose markers say otherwise is left alone (a moref can name
+/// another VM after a vCenter restart): Ok(false).
+async fn destroy_vm(
+    client: &Client,
+    vm: &MoRef,
+    owner: Option<(&str, &str)>,
+) -> Result<bool, VsError> {
     let Some(info) = client.vm_info(vm).await? else {
         return Ok(false);
     };
+    if let Some((pool, desktop)) = owner {
+        let marker = |key: &str| {
+            info.extra_config
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if marker(MARKER_POOL) != Some(pool) || marker(MARKER_DESKTOP) != Some(desktop) {
+            tracing::warn!(vm = %vm, name = %info.name, "not destroying a VM whose markers name another owner");
+            return Ok(false);
+        }
+    }
     if info.power_state != PowerState::PoweredOff {
         match client.power_off(vm).await {
             Ok(task) => match wait(client, &task).await {
@@ -664,6 +702,10 @@ async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(
     if let Some(task) = d.task_moref.as_deref() {
         match wait(client, &task_ref(task)).await {
             Ok(Some(r)) if r.kind == "VirtualMachine" && vm.is_none() => vm = Some(r),
+            // Still running after our patience: deleting the row now could orphan its VM.
+            Err(e) if is_fault(&e, |k| matches!(k, FaultKind::TaskInProgress)) => {
+                return Err(e.into())
+            }
             Ok(_) | Err(VsError::Fault(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -673,8 +715,12 @@ async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(
             .find_vm_by_instance_uuid(&d.instance_uuid.to_string())
             .await?;
     }
+    let desktop_id = d.id.to_string();
+    if ctx.cancel.is_cancelled() {
+        return Err(Error::Stopped("leadership ended"));
+    }
     let destroyed = match &vm {
-        Some(vm) => destroy_vm(client, vm).await?,
+        Some(vm) => destroy_vm(client, vm, Some((&pool.spec.name, &desktop_id))).await?,
         None => false,
     };
     let mut tx = ctx.begin().await?;
@@ -710,7 +756,10 @@ pub(crate) fn spawn_orphan_destroy(
         let Ok(_permit) = permit(&ctx, &vc.permits).await else {
             return;
         };
-        match destroy_vm(&client, &vm.moref).await {
+        let result = destroy_vm(&client, &vm.moref, None).await;
+        drop(_permit);
+        ctx.slot_freed();
+        match result {
             Ok(true) => {
                 let msg = format!(
                     "destroyed orphan VM {} ({}): it carries this pool's marker but no desktop matches it",

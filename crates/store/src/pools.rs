@@ -261,6 +261,23 @@ pub async fn update_spec(
             message: format!("pool '{name}' is being deleted"),
         });
     }
+    if current.spec.vcenter != spec.vcenter || current.spec.datacenter != spec.datacenter {
+        // Desktops' morefs belong to the old vCenter: moving them is not a spec edit.
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM desktops WHERE pool_id = $1")
+            .bind(current.id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if n > 0 {
+            return Err(StoreError::Invalid {
+                constraint: "pools_vcenter_fixed".into(),
+                message: format!(
+                    "pool '{name}' still has {n} desktop(s) on vCenter '{}' / datacenter '{}': \
+                     scale it to 0 (or delete it) before moving it elsewhere",
+                    current.spec.vcenter, current.spec.datacenter
+                ),
+            });
+        }
+    }
     let query = sqlx::query_as(
         "UPDATE pools SET vcenter = $2, datacenter = $3, golden_vm = $4, snapshot = $5, folder = $6,
              resource_pool = $7, datastore = $8, customization_spec = $9, naming_pattern = $10,

@@ -411,6 +411,44 @@ async fn desktop_lifecycle_and_counts(db: PgPool) {
 }
 
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn vcenter_cannot_change_under_desktops(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    let mut moved = spec("lab");
+    moved.vcenter = "vc2".into();
+    pools::update_spec(&mut c, "lab", &moved, None)
+        .await
+        .unwrap();
+    desktops::insert_pending(
+        &mut c,
+        &NewDesktop {
+            pool_id: p.id,
+            name: "lab-001",
+            index: 1,
+            instance_uuid: Uuid::new_v4(),
+            snapshot_moref: "s",
+        },
+    )
+    .await
+    .unwrap();
+    let e = pools::update_spec(&mut c, "lab", &spec("lab"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Invalid { message, .. } if message.contains("scale it to 0")),
+        "{e:?}"
+    );
+    let mut dc = moved.clone();
+    dc.datacenter = "DC1".into();
+    assert!(pools::update_spec(&mut c, "lab", &dc, None).await.is_err());
+    let mut other = moved;
+    other.target_size = 3;
+    pools::update_spec(&mut c, "lab", &other, None)
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
 async fn desktop_pages_by_name_and_state(db: PgPool) {
     let mut c = db.acquire().await.unwrap();
     let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
