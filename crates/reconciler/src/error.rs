@@ -12,6 +12,9 @@ pub enum Error {
     /// Leadership was lost or the reconciler is shutting down.
     #[error("stopped: {0}")]
     Stopped(&'static str),
+    /// A worker panicked (a bug); the desktop is retried after a backoff.
+    #[error("{0}")]
+    Panicked(String),
 }
 
 impl From<sqlx::Error> for Error {
@@ -28,6 +31,7 @@ impl Error {
             Error::Store(_) => "database",
             Error::Vsphere(e) => e.kind(),
             Error::Stopped(_) => "stopped",
+            Error::Panicked(_) => "panic",
         }
     }
 }

@@ -137,7 +137,18 @@ where
                 pool,
             } = job;
             let id = d.id;
-            let result = work(Arc::clone(&ctx), vc, client, Arc::clone(&pool), d).await;
+            // Run the work as a task of its own so that a panic in it still ends here: the
+            // desktop is released and retried after a backoff instead of staying claimed.
+            let work = tokio::spawn(
+                work(Arc::clone(&ctx), vc, client, Arc::clone(&pool), d).in_current_span(),
+            );
+            let result = match work.await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "{what} worker panicked");
+                    Err(Error::Panicked(format!("{what} worker panicked: {e}")))
+                }
+            };
             finish(&ctx, &pool.spec.name, id, what, result);
         }
         .instrument(span),
