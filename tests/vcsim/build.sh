@@ -5,7 +5,7 @@
 # - cached at $REPO/.cache/vcsim/deskpool-vcsim-<sha256 of the .go sources>
 # - installs golang-go and golang-github-vmware-govmomi-dev with apt-get when
 #   missing (apt-get update only if the first install attempt fails)
-# - builds offline in GOPATH mode
+# - builds offline in GOPATH mode, with one patched simulator file (see below)
 # - safe to run concurrently (flock)
 set -euo pipefail
 
@@ -16,7 +16,7 @@ gopath=/usr/share/gocode
 govmomi="$gopath/src/github.com/vmware/govmomi"
 
 mkdir -p "$cache"
-hash="$(cd "$here" && sha256sum -- *.go | sha256sum | cut -c1-16)"
+hash="$(cd "$here" && sha256sum -- *.go build.sh | sha256sum | cut -c1-16)"
 bin="$cache/deskpool-vcsim-$hash"
 
 # Fast path: already built.
@@ -50,18 +50,41 @@ if ! command -v go >/dev/null 2>&1 || [[ ! -d "$govmomi/simulator" ]]; then
 	fi
 fi
 
+# govmomi 0.24.2's WaitForUpdatesEx only looks for updates on a hard-coded 250 ms tick "to
+# let updates accumulate", so every task completion reaches a watcher 0-250 ms late. A real
+# vCenter answers a waiting WaitForUpdatesEx as soon as a watched property changes. The patched
+# copy (a `go build -overlay`, the Debian sources stay untouched) reads the tick from an
+# exported variable that main.go sets from -update-tick.
+pc_src="$govmomi/simulator/property_collector.go"
+overlay="$cache/overlay-$hash"
+mkdir -p "$overlay"
+sed 's/time\.NewTicker(250 \* time\.Millisecond)/time.NewTicker(WaitForUpdatesTick)/' \
+	"$pc_src" >"$overlay/property_collector.go"
+if ! grep -q 'NewTicker(WaitForUpdatesTick)' "$overlay/property_collector.go"; then
+	echo "build.sh: $pc_src does not have the 250 ms WaitForUpdatesEx tick this patch expects (govmomi 0.24.2)" >&2
+	exit 1
+fi
+cat >>"$overlay/property_collector.go" <<'GO'
+
+// WaitForUpdatesTick is how often WaitForUpdatesEx looks for updates (added by deskpool's
+// tests/vcsim/build.sh; govmomi 0.24.2 hard-codes 250 ms).
+var WaitForUpdatesTick = 250 * time.Millisecond
+GO
+printf '{"Replace":{"%s":"%s"}}\n' "$pc_src" "$overlay/property_collector.go" >"$overlay/overlay.json"
+
 echo "build.sh: building $bin" >&2
 tmp="$bin.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
 (
 	cd "$here"
 	GOPATH="$gopath" GO111MODULE=off GOFLAGS= GOPROXY=off \
-		GOCACHE="$cache/gocache" go build -trimpath -o "$tmp" . >&2
+		GOCACHE="$cache/gocache" go build -trimpath -overlay "$overlay/overlay.json" -o "$tmp" . >&2
 )
 mv -f "$tmp" "$bin"
 trap - EXIT
 
 # Prune binaries of older source versions (not touched for a day).
 find "$cache" -maxdepth 1 -name 'deskpool-vcsim-*' -type f -mtime +1 ! -path "$bin" -delete 2>/dev/null || true
+find "$cache" -maxdepth 1 -name 'overlay-*' -type d -mtime +1 ! -path "$overlay" -exec rm -rf {} + 2>/dev/null || true
 
 echo "$bin"

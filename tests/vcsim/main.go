@@ -57,6 +57,7 @@ type options struct {
 	seed          int64
 	sessionIdle   time.Duration
 	pageCap       int
+	updateTick    time.Duration
 	tmpDir        string
 	stdinWatch    bool
 	verbose       bool
@@ -79,6 +80,7 @@ func parseFlags() options {
 	flag.Int64Var(&o.seed, "seed", 1, "seed for the failure-injection RNG")
 	flag.DurationVar(&o.sessionIdle, "session-idle", 0, "simulator.SessionIdleTimeout (0 = sessions never expire when idle)")
 	flag.IntVar(&o.pageCap, "page-cap", 0, "most objects per RetrievePropertiesEx page even when the client asks for more or sets no maxObjects (0 = only honour options.maxObjects)")
+	flag.DurationVar(&o.updateTick, "update-tick", 5*time.Millisecond, "how often a waiting WaitForUpdatesEx looks for updates (stock govmomi 0.24.2: 250ms; a real vCenter answers at once)")
 	flag.StringVar(&o.tmpDir, "tmp-dir", "", "directory for the simulated datastores (default: a fresh temp dir, removed on exit)")
 	flag.BoolVar(&o.stdinWatch, "stdin-watch", false, "exit when stdin reaches EOF (parent died)")
 	flag.BoolVar(&o.verbose, "verbose", false, "keep the simulator's log output")
@@ -120,6 +122,10 @@ func main() {
 	_ = os.Setenv("TMPDIR", o.tmpDir)
 
 	simulator.SessionIdleTimeout = o.sessionIdle
+	if o.updateTick <= 0 {
+		fail("-update-tick must be positive")
+	}
+	simulator.WaitForUpdatesTick = o.updateTick
 
 	model := simulator.VPX()
 	if err := model.Create(); err != nil {

@@ -51,6 +51,11 @@ pub struct VcsimOptions {
     pub snapshots: Vec<String>,
     /// Seed of the failure-injection RNG.
     pub seed: u64,
+    /// How often a waiting `WaitForUpdatesEx` looks for updates. govmomi 0.24.2 hard-codes
+    /// 250 ms; the harness patches it to this (default 5 ms, close to a real vCenter, which
+    /// answers as soon as a watched property changes). Raise it when the simulator holds
+    /// thousands of VMs: each look re-evaluates the filters.
+    pub update_tick: Duration,
 }
 
 impl Default for VcsimOptions {
@@ -64,6 +69,7 @@ impl Default for VcsimOptions {
             folders: Vec::new(),
             snapshots: vec!["base".to_owned()],
             seed: 0,
+            update_tick: Duration::from_millis(5),
         }
     }
 }
@@ -370,6 +376,7 @@ async fn spawn(
                 "-session-idle={}",
                 duration_arg(opts.session_idle.unwrap_or_default())
             ))
+            .arg(format!("-update-tick={}", duration_arg(opts.update_tick)))
             .arg(format!("-folders={}", opts.folders.join(",")))
             .arg(format!("-snapshots={}", opts.snapshots.join(",")))
             .arg(format!("-seed={}", opts.seed & (i64::MAX as u64)))
