@@ -291,6 +291,15 @@ impl Ctx {
         runner.notify.notify_one();
     }
 
+    /// Keeps VM changes (older than any queued since) for the pool's next pass, without waking it.
+    pub(crate) fn defer_vm_events(self: &Arc<Self>, pool: &str, events: Vec<VmEvent>) {
+        if events.is_empty() || self.cancel.is_cancelled() {
+            return;
+        }
+        // Before anything that arrived meanwhile: a later change of the same VM wins.
+        lock(&self.runner(pool).vm_events).splice(0..0, events);
+    }
+
     fn hand_sweep(self: &Arc<Self>, pool: &str, sweep: Sweep) {
         if self.cancel.is_cancelled() {
             return;
@@ -428,8 +437,9 @@ async fn watch_vms(ctx: Arc<Ctx>, vc: Arc<Vcenter>) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let mut rx = client.watch_vms();
-    while let Some(batch) = rx.recv().await {
+    let mut watch = client.watch_vms();
+    vc.set_vm_expect(watch.expecter());
+    while let Some(batch) = watch.recv().await {
         // `Present` only restates what the sweep already knows; act on real changes.
         let changed: Vec<VmEvent> = batch
             .into_iter()

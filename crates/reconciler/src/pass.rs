@@ -346,14 +346,23 @@ async fn apply_vm_events(ctx: &Arc<Ctx>, pool: &Pool, events: &[VmEvent]) -> Res
         let mut conn = ctx.db.acquire().await?;
         desktops::list_for_pool(&mut conn, pool.id).await?
     };
+    let mut later = Vec::new();
     for e in events {
-        let Some(d) = rows.iter().find(|d| {
-            d.vm_moref.as_deref() == Some(e.vm.value.as_str())
-                && d.state == DesktopState::Ready
-                && !ctx.has_worker(d.id)
-        }) else {
+        let Some(d) = rows
+            .iter()
+            .find(|d| d.vm_moref.as_deref() == Some(e.vm.value.as_str()))
+        else {
             continue;
         };
+        if ctx.has_worker(d.id) {
+            // The worker may be about to finish (a new desktop's VM removed at once): judge
+            // the change once it has; its end wakes the pool.
+            later.push(e.clone());
+            continue;
+        }
+        if d.state != DesktopState::Ready {
+            continue;
+        }
         let progress = match e.change {
             VmChange::Gone => {
                 tracing::warn!(pool = %pool.spec.name, desktop = %d.name, "vCenter reports the VM gone; the desktop will be replaced");
@@ -380,6 +389,7 @@ async fn apply_vm_events(ctx: &Arc<Ctx>, pool: &Pool, events: &[VmEvent]) -> Res
         desktops::set_progress(&mut tx, d.id, &progress).await?;
         tx.commit().await?;
     }
+    ctx.defer_vm_events(&pool.spec.name, later);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use deskpool_vsphere::Client;
+use deskpool_vsphere::{Client, MoRef, VmExpect};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,8 @@ pub(crate) struct Vcenter {
     pub(crate) permits: Arc<Semaphore>,
     /// Power-on operations in flight on this vCenter (Horizon's default bound: 50).
     pub(crate) power_permits: Arc<Semaphore>,
+    /// Announces new desktops' VMs to the running VM watch.
+    vm_expect: Mutex<Option<VmExpect>>,
 }
 
 impl Vcenter {
@@ -35,6 +37,20 @@ impl Vcenter {
             last_error: Mutex::new(None),
             permits: Arc::new(Semaphore::new(max_concurrent.max(1) as usize)),
             power_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_POWER_ON)),
+            vm_expect: Mutex::new(None),
+        }
+    }
+
+    /// Connects [`Vcenter::expect_vm`] to the VM watch that now runs.
+    pub(crate) fn set_vm_expect(&self, expect: VmExpect) {
+        *self.vm_expect.lock().unwrap_or_else(|e| e.into_inner()) = Some(expect);
+    }
+
+    /// Tells the VM watch that a desktop's VM exists, so its removal is reported even if it
+    /// happens before the watch has seen the VM.
+    pub(crate) fn expect_vm(&self, vm: MoRef) {
+        if let Some(e) = &*self.vm_expect.lock().unwrap_or_else(|e| e.into_inner()) {
+            e.expect(vm);
         }
     }
 

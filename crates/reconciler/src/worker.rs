@@ -224,7 +224,16 @@ impl Provision<'_> {
                 _ => return Ok(()),
             };
             match next {
-                Some(n) => d = n,
+                Some(n) => {
+                    if n.state == DesktopState::Ready {
+                        if let Some(vm) = n.vm_moref.as_deref() {
+                            // So that the VM watch reports it gone even if it vanishes before
+                            // the watch has seen it.
+                            self.vc.expect_vm(vm_ref(vm));
+                        }
+                    }
+                    d = n
+                }
                 None => return Ok(()),
             }
         }

@@ -58,7 +58,7 @@ pub use tls::TlsOptions;
 pub use types::{
     About, CustomizationSpecXml, LinkedCloneSpec, MoRef, PowerState, TaskInfo, TaskState, VmInfo,
 };
-pub use vm_watch::{VmChange, VmEvent};
+pub use vm_watch::{VmChange, VmEvent, VmExpect, VmWatch};
 
 /// Response parsing entry points, exposed for fuzzing and benchmarks only: not a stable API.
 #[doc(hidden)]

@@ -2,6 +2,7 @@
 //! followed with `WaitForUpdatesEx` long polls. Changes to any VM (appeared, power state
 //! changed, gone) reach the caller in batches, without polling any VM.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,16 +35,61 @@ pub struct VmEvent {
 }
 
 impl Client {
-    /// Streams changes to the VMs of the whole inventory, in batches, until the receiver is
-    /// dropped. The first batch after a start or a re-login lists every VM as
+    /// Streams changes to the VMs of the whole inventory, in batches, until the [`VmWatch`]
+    /// is dropped. The first batch after a start or a re-login lists every VM as
     /// [`VmChange::Present`]. While nothing changes this costs one long poll per
-    /// `maxWaitSeconds` (two thirds of the call timeout).
-    pub fn watch_vms(&self) -> mpsc::Receiver<Vec<VmEvent>> {
+    /// `maxWaitSeconds` (two thirds of the call timeout); while VMs change, at most one call
+    /// a second.
+    pub fn watch_vms(&self) -> VmWatch {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run(Arc::clone(&self.inner), tx));
-        rx
+        let (expect_tx, expect_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(Arc::clone(&self.inner), tx, expect_rx));
+        VmWatch {
+            rx,
+            expect: VmExpect(expect_tx),
+        }
     }
 }
+
+/// A running VM watch: its batches of changes, and a way to tell it about VMs made meanwhile.
+#[derive(Debug)]
+pub struct VmWatch {
+    rx: mpsc::Receiver<Vec<VmEvent>>,
+    expect: VmExpect,
+}
+
+impl VmWatch {
+    /// The next batch of changes; None once the watch has ended.
+    pub async fn recv(&mut self) -> Option<Vec<VmEvent>> {
+        self.rx.recv().await
+    }
+
+    /// A handle to announce VMs to this watch (see [`VmExpect::expect`]).
+    pub fn expecter(&self) -> VmExpect {
+        self.expect.clone()
+    }
+}
+
+/// Announces VMs to a [`VmWatch`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct VmExpect(mpsc::UnboundedSender<MoRef>);
+
+impl VmExpect {
+    /// Tells the watch that `vm` exists now (the caller just made it). A VM made and removed
+    /// between two answers of the property collector is never reported, neither its arrival
+    /// nor its removal; an announced VM that the answer after this call does not know is
+    /// reported [`VmChange::Gone`].
+    pub fn expect(&self, vm: MoRef) {
+        let _ = self.0.send(vm);
+    }
+}
+
+/// After a batch, the watch waits this long before asking again, so a burst of changes (a pool
+/// filling: every clone adds a VM and powers it on) arrives in a few answers instead of one
+/// `WaitForUpdatesEx` per change. Nothing is lost meanwhile: the next answer holds every change
+/// since the last version. The VM watch only catches changes made outside deskpool (a VM
+/// destroyed or powered off by hand), where a second does not matter.
+const COALESCE: Duration = Duration::from_secs(1);
 
 struct Watch {
     pc: MoRef,
@@ -80,9 +126,14 @@ async fn setup(inner: &Inner) -> Result<Watch, Error> {
     })
 }
 
-async fn poll(inner: &Inner, watch: &mut Watch) -> Result<Vec<VmEvent>, Error> {
+/// `soon`: answer within a second even if nothing changes (announced VMs wait for a verdict).
+async fn poll(inner: &Inner, watch: &mut Watch, soon: bool) -> Result<Vec<VmEvent>, Error> {
     const M: &str = "WaitForUpdatesEx";
-    let max_wait = (inner.call_timeout.as_secs() * 2 / 3).clamp(1, 60);
+    let max_wait = if soon {
+        1
+    } else {
+        (inner.call_timeout.as_secs() * 2 / 3).clamp(1, 60)
+    };
     let mut w = Writer::new();
     w.moref("_this", &watch.pc);
     if !watch.version.is_empty() {
@@ -118,19 +169,31 @@ async fn poll(inner: &Inner, watch: &mut Watch) -> Result<Vec<VmEvent>, Error> {
         .collect())
 }
 
-async fn run(inner: Arc<Inner>, tx: mpsc::Sender<Vec<VmEvent>>) {
+async fn run(
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Vec<VmEvent>>,
+    mut expect_rx: mpsc::UnboundedReceiver<MoRef>,
+) {
     let mut delay = Duration::from_millis(500);
     let mut watch: Option<Watch> = None;
+    // Every VM the collector has told us of (since the last (re)start of the watch).
+    let mut known: HashSet<MoRef> = HashSet::new();
+    // Announced VMs, judged by the first answer to a request sent after the announcement.
+    let mut to_check: Vec<MoRef> = Vec::new();
     loop {
+        while let Ok(vm) = expect_rx.try_recv() {
+            to_check.push(vm);
+        }
         let step = async {
             if watch
                 .as_ref()
                 .is_none_or(|w| w.generation != inner.session_generation())
             {
                 watch = Some(setup(&inner).await?);
+                known.clear();
             }
             match watch.as_mut() {
-                Some(w) => poll(&inner, w).await,
+                Some(w) => poll(&inner, w, !to_check.is_empty()).await,
                 None => Ok(Vec::new()),
             }
         };
@@ -139,10 +202,33 @@ async fn run(inner: Arc<Inner>, tx: mpsc::Sender<Vec<VmEvent>>) {
             r = step => r,
         };
         match result {
-            Ok(events) => {
+            Ok(mut events) => {
                 delay = Duration::from_millis(500);
-                if !events.is_empty() && tx.send(events).await.is_err() {
+                for e in &events {
+                    match e.change {
+                        VmChange::Gone => known.remove(&e.vm),
+                        _ => known.insert(e.vm.clone()),
+                    };
+                }
+                for vm in to_check.drain(..) {
+                    let reported = events.iter().any(|e| e.vm == vm);
+                    if !known.contains(&vm) && !reported {
+                        events.push(VmEvent {
+                            vm,
+                            change: VmChange::Gone,
+                        });
+                    }
+                }
+                if events.is_empty() {
+                    continue;
+                }
+                if tx.send(events).await.is_err() {
                     return;
+                }
+                // Changes made meanwhile wait on the server and come in the next answer.
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(COALESCE) => {}
                 }
             }
             Err(Error::Closed) => return,

@@ -675,3 +675,99 @@ async fn keepalive_prevents_idle_expiry() {
     assert!(stats.calls("CurrentTime") >= 3, "{:?}", stats.soap_calls);
     assert_eq!(stats.calls("Login"), 1, "the session never expired");
 }
+
+/// Waits for the next batch of the VM watch that mentions `vm` with something other than
+/// `Present` (the restatement after a start), up to a few seconds.
+async fn next_changes(
+    rx: &mut deskpool_vsphere::VmWatch,
+    vm: &MoRef,
+) -> Vec<deskpool_vsphere::VmChange> {
+    use deskpool_vsphere::VmChange;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while seen.is_empty() {
+        let batch = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("the VM watch reported nothing in 10 s")
+            .expect("the VM watch ended");
+        seen.extend(
+            batch
+                .into_iter()
+                .filter(|e| &e.vm == vm && !matches!(e.change, VmChange::Present(_)))
+                .map(|e| e.change),
+        );
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_watch_reports_power_changes_and_removal_made_by_someone_else() {
+    use deskpool_vsphere::VmChange;
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let vm = vc
+        .wait_task(
+            &vc.clone_linked(&p.golden, &spec(&p, "watched"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("clone result");
+    let mut rx = vc.watch_vms();
+    // Someone else, in another session, powers the VM on, off, and removes it, faster than
+    // the watch asks again: every change still arrives, in order.
+    let admin = connect(&sim).await;
+    admin
+        .wait_task(&admin.power_on(&vm).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_changes(&mut rx, &vm).await,
+        vec![VmChange::Power(PowerState::PoweredOn)]
+    );
+    admin
+        .wait_task(&admin.power_off(&vm).await.unwrap())
+        .await
+        .unwrap();
+    admin
+        .wait_task(&admin.destroy(&vm).await.unwrap())
+        .await
+        .unwrap();
+    let mut changes = next_changes(&mut rx, &vm).await;
+    if changes == vec![VmChange::Power(PowerState::PoweredOff)] {
+        changes.extend(next_changes(&mut rx, &vm).await);
+    }
+    assert_eq!(
+        changes,
+        vec![VmChange::Power(PowerState::PoweredOff), VmChange::Gone]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_watch_reports_an_announced_vm_removed_before_the_watch_saw_it() {
+    use deskpool_vsphere::VmChange;
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let mut rx = vc.watch_vms();
+    // The first batch (every VM, as Present): the watch now waits a moment before asking
+    // again, so what happens next falls between two answers of the collector.
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("first batch")
+        .expect("watch running");
+    let vm = vc
+        .wait_task(
+            &vc.clone_linked(&p.golden, &spec(&p, "brief"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("clone result");
+    rx.expecter().expect(vm.clone());
+    vc.wait_task(&vc.destroy(&vm).await.unwrap()).await.unwrap();
+    assert_eq!(next_changes(&mut rx, &vm).await, vec![VmChange::Gone]);
+}
