@@ -202,6 +202,11 @@ impl Ctx {
         lock(&self.fresh).remove(&desktop)
     }
 
+    /// Made by this term and not yet worked on (see [`Ctx::take_fresh`]).
+    pub(crate) fn is_fresh(&self, desktop: Uuid) -> bool {
+        lock(&self.fresh).contains(&desktop)
+    }
+
     pub(crate) fn cached_inventory(
         &self,
         pool: &str,

@@ -100,6 +100,12 @@ fn finish(ctx: &Arc<Ctx>, pool: &str, desktop: uuid::Uuid, what: &str, result: R
     ctx.wake(pool);
 }
 
+/// The desktop's row as it is now.
+async fn current(ctx: &Ctx, id: uuid::Uuid) -> Result<Option<Desktop>, Error> {
+    let mut conn = ctx.db.acquire().await?;
+    Ok(desktops::get(&mut conn, id).await?)
+}
+
 /// Everything a worker needs, owned so it can move into the spawned task.
 pub(crate) struct Job {
     pub(crate) ctx: Arc<Ctx>,
@@ -137,6 +143,18 @@ where
                 pool,
             } = job;
             let id = d.id;
+            // The pass read `d` before claiming it: a worker that ended in between (the
+            // desktop became ready, say) must not be repeated from that stale state. A desktop
+            // this term just made has had no worker yet and is read again only when needed.
+            let d = if ctx.is_fresh(id) {
+                d
+            } else {
+                match current(&ctx, id).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => return finish(&ctx, &pool.spec.name, id, what, Ok(())),
+                    Err(e) => return finish(&ctx, &pool.spec.name, id, what, Err(e)),
+                }
+            };
             // Run the work as a task of its own so that a panic in it still ends here: the
             // desktop is released and retried after a backoff instead of staying claimed.
             let work = tokio::spawn(
