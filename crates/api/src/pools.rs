@@ -31,10 +31,7 @@ fn with_etag(status: StatusCode, view: PoolView) -> Response {
 }
 
 async fn view(conn: &mut PgConnection, pool: Pool) -> ApiResult<PoolView> {
-    let counts = pools::counts(conn)
-        .await?
-        .remove(&pool.id)
-        .unwrap_or_default();
+    let counts = pools::counts_for(conn, pool.id).await?;
     Ok(PoolView::new(pool, counts))
 }
 
@@ -291,8 +288,12 @@ pub(crate) async fn resize(
     ApiJson(req): ApiJson<Resize>,
 ) -> ApiResult<Response> {
     let expected = if_match(&headers)?;
+    if !is_slug(&name) {
+        return Err(ApiError::pool_not_found(&name));
+    }
     let mut tx = state.db.begin().await?;
-    let current = find(&mut tx, &name).await?;
+    // Locked at once: the checks below and the update see the same row.
+    let current = pools::lock(&mut tx, &name).await?;
     not_deleting(&current)?;
     // A stale client is told so before being told its number is out of bounds.
     if expected.is_some_and(|v| v != current.version) {
@@ -303,7 +304,7 @@ pub(crate) async fn resize(
     }
     // Helpdesk and admin alike: bounds are the admin's to change, with PUT.
     current.spec.check_target(req.target_size)?;
-    let pool = pools::set_target(&mut tx, &name, req.target_size, expected).await?;
+    let pool = pools::set_target_locked(&mut tx, &name, req.target_size).await?;
     record(
         &mut tx,
         &caller.name,

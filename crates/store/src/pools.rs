@@ -43,6 +43,20 @@ pub struct PoolCounts {
     pub deleting: u32,
 }
 
+impl PoolCounts {
+    /// Adds `n` desktops in the state named `state` (as stored).
+    fn add(&mut self, state: &str, n: i64) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let bucket = match state {
+            "ready" => &mut self.ready,
+            "failed" => &mut self.failed,
+            "deleting" => &mut self.deleting,
+            _ => &mut self.provisioning,
+        };
+        *bucket = bucket.saturating_add(n);
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct PoolRow {
     id: Uuid,
@@ -212,14 +226,23 @@ pub async fn counts(
             .await?;
     let mut out = std::collections::HashMap::new();
     for (pool, state, n) in rows {
-        let c: &mut PoolCounts = out.entry(pool).or_default();
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        match state.as_str() {
-            "ready" => c.ready += n,
-            "failed" => c.failed += n,
-            "deleting" => c.deleting += n,
-            _ => c.provisioning += n,
-        }
+        out.entry(pool)
+            .or_insert_with(PoolCounts::default)
+            .add(&state, n);
+    }
+    Ok(out)
+}
+
+/// Desktop counts of one pool (an index scan of that pool's desktops only).
+pub async fn counts_for(conn: &mut PgConnection, pool: Uuid) -> Result<PoolCounts, StoreError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM desktops WHERE pool_id = $1 GROUP BY state")
+            .bind(pool)
+            .fetch_all(conn)
+            .await?;
+    let mut out = PoolCounts::default();
+    for (state, n) in rows {
+        out.add(&state, n);
     }
     Ok(out)
 }
@@ -303,6 +326,22 @@ pub async fn set_target(
     expected_version: Option<i64>,
 ) -> Result<Pool, StoreError> {
     lock_checked(conn, name, expected_version).await?;
+    set_target_locked(conn, name, target).await
+}
+
+/// Locks pool `name`'s row (`SELECT ... FOR UPDATE`) for the rest of the caller's transaction
+/// and returns it; `NotFound` if there is none.
+pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<Pool, StoreError> {
+    lock_checked(conn, name, None).await
+}
+
+/// [`set_target`] for a caller that already holds the row lock ([`lock`]) and checked the
+/// version itself: one statement instead of two.
+pub async fn set_target_locked(
+    conn: &mut PgConnection,
+    name: &str,
+    target: u32,
+) -> Result<Pool, StoreError> {
     let row: PoolRow = sqlx::query_as(
         "UPDATE pools SET target_size = $2, version = version + 1, updated_at = now()
          WHERE name = $1 RETURNING *",

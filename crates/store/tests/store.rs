@@ -346,6 +346,15 @@ async fn desktop_lifecycle_and_counts(db: PgPool) {
     .unwrap();
     let counts = pools::counts(&mut c).await.unwrap();
     assert_eq!((counts[&p.id].ready, counts[&p.id].provisioning), (1, 1));
+    assert_eq!(
+        pools::counts_for(&mut c, p.id).await.unwrap(),
+        counts[&p.id]
+    );
+    assert_eq!(
+        pools::counts_for(&mut c, Uuid::new_v4()).await.unwrap(),
+        pools::PoolCounts::default(),
+        "a pool without desktops"
+    );
     assert_eq!(desktops::mark_deleting(&mut c, &[d2.id]).await.unwrap(), 1);
     assert_eq!(
         desktops::mark_deleting(&mut c, &[d2.id]).await.unwrap(),
