@@ -38,11 +38,15 @@ pub struct ClientOptions {
     pub keepalive_interval: Duration,
     /// `maxObjects` per RetrievePropertiesEx page in [`Client::list_vms`].
     pub page_size: u32,
+    /// A waited-for task the property collector says nothing about for this long is read
+    /// directly, in case an update was missed (default 60 s).
+    pub task_silence: Duration,
 }
 
 impl ClientOptions {
     /// Options with defaults: system-independent public roots, 10 s connect timeout,
-    /// 60 s call timeout, keepalive every 5 minutes, 1000 objects per page.
+    /// 60 s call timeout, keepalive every 5 minutes, 1000 objects per page, silent tasks read
+    /// directly after 60 s.
     pub fn new(url: Url, username: impl Into<String>, password: SecretString) -> Self {
         Self {
             url,
@@ -52,6 +56,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(300),
+            task_silence: Duration::from_secs(60),
             page_size: 1000,
         }
     }
@@ -97,6 +102,7 @@ pub(crate) struct Inner {
     password: SecretString,
     pub(crate) call_timeout: Duration,
     keepalive_interval: Duration,
+    pub(crate) task_silence: Duration,
     page_size: u32,
     pub(crate) content: ServiceContent,
     cookies: RwLock<HashMap<String, String>>,
@@ -350,6 +356,24 @@ impl Inner {
         Ok(out)
     }
 
+    /// Drops a watcher's PropertyCollector (with its filters, cancelling a long poll still
+    /// running on it) and its view, in the background and best effort: after a failed round
+    /// the watcher starts over with new ones, and the old ones would otherwise live, and be
+    /// kept up to date by vCenter, until the session ends. Nothing to do after a re-login.
+    pub(crate) fn discard_watch(self: &Arc<Self>, generation: u64, pc: MoRef, view: MoRef) {
+        if generation != self.session_generation() {
+            return;
+        }
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            for (method, obj) in [("DestroyPropertyCollector", &pc), ("DestroyView", &view)] {
+                if let Err(e) = inner.call(method, Self::this_body(obj)).await {
+                    tracing::debug!(%obj, error = %e, "{method} of an abandoned watch failed");
+                }
+            }
+        });
+    }
+
     /// `Task.info` read once.
     pub(crate) async fn task_info(&self, task: &MoRef) -> Result<TaskInfo, Error> {
         let mut spec = Writer::new();
@@ -424,6 +448,7 @@ impl Client {
             password: opts.password,
             call_timeout: opts.call_timeout,
             keepalive_interval: opts.keepalive_interval,
+            task_silence: opts.task_silence.max(Duration::from_millis(100)),
             page_size: opts.page_size.max(1),
             content,
             cookies: RwLock::new(HashMap::new()),

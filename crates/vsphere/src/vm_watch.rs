@@ -93,6 +93,7 @@ const COALESCE: Duration = Duration::from_secs(1);
 
 struct Watch {
     pc: MoRef,
+    view: MoRef,
     version: String,
     generation: u64,
 }
@@ -121,6 +122,7 @@ async fn setup(inner: &Inner) -> Result<Watch, Error> {
     inner.call(CF, w.finish()).await?;
     Ok(Watch {
         pc,
+        view,
         version: String::new(),
         generation,
     })
@@ -235,7 +237,9 @@ async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "VM watch failed; starting it again");
                 // Rebuild from scratch: the collector may belong to an expired session.
-                watch = None;
+                if let Some(old) = watch.take() {
+                    inner.discard_watch(old.generation, old.pc, old.view);
+                }
                 tokio::select! {
                     _ = tx.closed() => return,
                     _ = tokio::time::sleep(delay) => {}

@@ -39,6 +39,12 @@ const MAX_KNOWN: usize = 50_000;
 
 const TASK_PROPS: &[&str] = &["info.state", "info.result", "info.error", "info.entity"];
 
+// A waited-for task the collector has said nothing about for `ClientOptions::task_silence` is
+// read directly (one `RetrievePropertiesEx`), and again after each further such stretch. A
+// watch can miss an update (seen with the simulator under load: one clone of 10,000 stayed
+// "running" for minutes after it had finished); this bounds how long a missed update can hold
+// a worker. Tasks that finish within it (nearly all linked clones) never cost this call.
+
 pub(crate) enum Cmd {
     Watch {
         task: MoRef,
@@ -70,6 +76,8 @@ struct ServerSide {
 struct Watcher {
     inner: Arc<Inner>,
     waiters: HashMap<MoRef, Vec<Reply>>,
+    /// When each waited-for task was last heard of (registered, reported, or read directly).
+    heard: HashMap<MoRef, tokio::time::Instant>,
     known: HashMap<MoRef, Known>,
     server: Option<ServerSide>,
     failures: u32,
@@ -80,6 +88,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Cmd>)
     let mut w = Watcher {
         inner,
         waiters: HashMap::new(),
+        heard: HashMap::new(),
         known: HashMap::new(),
         server: None,
         failures: 0,
@@ -117,7 +126,65 @@ impl Watcher {
                 return;
             }
         }
+        self.heard
+            .entry(task.clone())
+            .or_insert_with(tokio::time::Instant::now);
         self.waiters.entry(task).or_default().push(reply);
+    }
+
+    /// Reads every waited-for task that has been silent for `task_silence` directly and
+    /// answers those that are finished.
+    async fn read_silent(&mut self) {
+        let now = tokio::time::Instant::now();
+        let silence = self.inner.task_silence;
+        let silent: Vec<MoRef> = self
+            .heard
+            .iter()
+            .filter(|(t, at)| now - **at >= silence && self.waiters.contains_key(*t))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for task in silent {
+            self.heard.insert(task.clone(), now);
+            match self.inner.task_info(&task).await {
+                Ok(info) if info.state.is_finished() => {
+                    tracing::warn!(%task, state = ?info.state, "task finished without the property collector reporting it; read it directly");
+                    self.known.insert(
+                        task.clone(),
+                        Known {
+                            state: Some(info.state),
+                            result: info.result.clone(),
+                            error: info.error.clone(),
+                            entity: info.entity.clone(),
+                        },
+                    );
+                    self.heard.remove(&task);
+                    for reply in self.waiters.remove(&task).unwrap_or_default() {
+                        let _ = reply.send(Ok(info.clone()));
+                    }
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.fault_kind(),
+                        Some(FaultKind::ManagedObjectNotFound { .. })
+                    ) =>
+                {
+                    self.heard.remove(&task);
+                    self.fail_task(&task);
+                }
+                // The long poll notices a broken connection; try again after the next stretch.
+                Err(e) => tracing::debug!(%task, error = %e, "direct read of a silent task failed"),
+            }
+        }
+    }
+
+    /// When the longest-silent waited-for task reaches `task_silence`.
+    fn next_silence_check(&self) -> tokio::time::Instant {
+        let silence = self.inner.task_silence;
+        self.heard
+            .values()
+            .min()
+            .map_or_else(|| tokio::time::Instant::now() + silence, |at| *at + silence)
     }
 
     /// Collect registrations that arrive within the batch window. False on shutdown.
@@ -191,6 +258,12 @@ impl Watcher {
                     }
                     // The outstanding wait returns once the view change is visible.
                     self.sync_view().await?;
+                }
+                _ = tokio::time::sleep_until(self.next_silence_check()) => {
+                    self.read_silent().await;
+                    if self.waiters.is_empty() {
+                        return Ok(());
+                    }
                 }
                 changed = reconnects.changed() => {
                     if changed.is_err() {
@@ -307,6 +380,7 @@ impl Watcher {
     }
 
     fn fail_task(&mut self, task: &MoRef) {
+        self.heard.remove(task);
         for reply in self.waiters.remove(task).unwrap_or_default() {
             let _ = reply.send(Err(not_found(task)));
         }
@@ -345,6 +419,9 @@ impl Watcher {
                     _ => {}
                 }
             }
+            if let Some(at) = self.heard.get_mut(&u.obj) {
+                *at = tokio::time::Instant::now();
+            }
             touched.push(u.obj);
         }
         for task in touched {
@@ -353,6 +430,7 @@ impl Watcher {
             };
             if k.state.is_some_and(TaskState::is_finished) {
                 let info = task_info(&task, k);
+                self.heard.remove(&task);
                 for reply in self.waiters.remove(&task).unwrap_or_default() {
                     let _ = reply.send(Ok(info.clone()));
                 }
@@ -366,7 +444,9 @@ impl Watcher {
             .as_ref()
             .is_some_and(|s| s.generation != self.inner.session_generation());
         // Whatever failed, the server-side objects are suspect: rebuild them.
-        self.server = None;
+        if let Some(old) = self.server.take() {
+            self.inner.discard_watch(old.generation, old.pc, old.view);
+        }
         if relogged {
             tracing::debug!("task watcher rebuilding its filter after a re-login");
             return;
@@ -396,6 +476,7 @@ impl Watcher {
     }
 
     fn fail_all(&mut self, err: impl Fn() -> Error) {
+        self.heard.clear();
         for (_, replies) in self.waiters.drain() {
             for r in replies {
                 let _ = r.send(Err(err()));

@@ -385,3 +385,63 @@ async fn tls_trust_modes() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_task_the_collector_never_reports_is_read_directly_after_the_silence() {
+    // A property collector that never reports anything (every long poll comes back empty),
+    // and a task that finished long ago: the waiter still gets its result.
+    let (url, seen) = serve(Arc::new(|s: &Seen| {
+        if let Some(r) = base(s) {
+            return r;
+        }
+        let m = s.method.as_str();
+        let ret = |kind: &str, value: &str| {
+            (
+                200,
+                envelope(&format!(
+                    r#"<{m}Response xmlns="urn:vim25"><returnval type="{kind}">{value}</returnval></{m}Response>"#
+                )),
+            )
+        };
+        match m {
+            "CreatePropertyCollector" => ret("PropertyCollector", "pc-1"),
+            "CreateListView" => ret("ListView", "lv-1"),
+            "CreateFilter" => ret("PropertyFilter", "pf-1"),
+            "ModifyListView" | "WaitForUpdatesEx" => (
+                200,
+                envelope(&format!(r#"<{m}Response xmlns="urn:vim25"/>"#)),
+            ),
+            "RetrievePropertiesEx" if s.body.contains("task-7") => (
+                200,
+                envelope(
+                    r#"<RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="Task">task-7</obj><propSet><name>info</name><val xsi:type="TaskInfo"><key>task-7</key><task type="Task">task-7</task><state>success</state><result type="VirtualMachine" xsi:type="ManagedObjectReference">vm-42</result></val></propSet></objects></returnval></RetrievePropertiesExResponse>"#,
+                ),
+            ),
+            _ => (500, NOT_AUTHENTICATED.to_owned()),
+        }
+    }))
+    .await;
+    let mut o = ClientOptions::new(
+        url.parse().unwrap(),
+        "user",
+        SecretString::from("pass".to_string()),
+    );
+    o.call_timeout = Duration::from_secs(5);
+    o.task_silence = Duration::from_millis(300);
+    let vc = Client::connect(o).await.unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        vc.wait_task(&MoRef::new("Task", "task-7")),
+    )
+    .await
+    .expect("the waiter was answered")
+    .unwrap();
+    assert_eq!(result, Some(MoRef::new("VirtualMachine", "vm-42")));
+    let reads = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.method == "RetrievePropertiesEx")
+        .count();
+    assert_eq!(reads, 1, "one direct read of the silent task");
+}
