@@ -232,13 +232,16 @@ impl Provision<'_> {
                     slot = Some(permit(self.ctx, sem).await?);
                 }
             }
+            // Each step is boxed: a worker waiting for a slot (thousands of them while a large
+            // pool fills) then holds only this loop's few locals, not room for the largest
+            // step's state.
             let next = match d.state {
                 DesktopState::Pending => {
                     clone_started = Some(Instant::now());
-                    self.start_clone(d).await?
+                    Box::pin(self.start_clone(d)).await?
                 }
-                DesktopState::Cloning => self.finish_clone(d, clone_started).await?,
-                DesktopState::PoweringOn => self.power_on(d).await?,
+                DesktopState::Cloning => Box::pin(self.finish_clone(d, clone_started)).await?,
+                DesktopState::PoweringOn => Box::pin(self.power_on(d)).await?,
                 _ => return Ok(()),
             };
             match next {
@@ -728,7 +731,7 @@ pub(crate) fn spawn_delete(job: Job, d: Desktop) {
         WorkerKind::Delete,
         |ctx, vc, client, pool, d| async move {
             let _slot = permit(&ctx, &vc.permits).await?;
-            delete(&ctx, &client, &pool, d).await
+            Box::pin(delete(&ctx, &client, &pool, d)).await
         },
     );
 }
