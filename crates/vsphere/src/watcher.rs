@@ -39,12 +39,6 @@ const MAX_KNOWN: usize = 50_000;
 
 const TASK_PROPS: &[&str] = &["info.state", "info.result", "info.error", "info.entity"];
 
-// A waited-for task the collector has said nothing about for `ClientOptions::task_silence` is
-// read directly (one `RetrievePropertiesEx`), and again after each further such stretch. A
-// watch can miss an update (seen with the simulator under load: one clone of 10,000 stayed
-// "running" for minutes after it had finished); this bounds how long a missed update can hold
-// a worker. Tasks that finish within it (nearly all linked clones) never cost this call.
-
 pub(crate) enum Cmd {
     Watch {
         task: MoRef,
@@ -133,7 +127,11 @@ impl Watcher {
     }
 
     /// Reads every waited-for task that has been silent for `task_silence` directly and
-    /// answers those that are finished.
+    /// answers those that are finished. A watch can miss an update (seen with the simulator
+    /// under load: one clone of 10,000 stayed "running" for minutes after it had finished);
+    /// this bounds how long a missed update can hold a worker. Tasks that finish sooner (nearly
+    /// all linked clones) never cost this call; a silent one costs one `RetrievePropertiesEx`
+    /// per stretch of silence.
     async fn read_silent(&mut self) {
         let now = tokio::time::Instant::now();
         let silence = self.inner.task_silence;
@@ -169,7 +167,6 @@ impl Watcher {
                         Some(FaultKind::ManagedObjectNotFound { .. })
                     ) =>
                 {
-                    self.heard.remove(&task);
                     self.fail_task(&task);
                 }
                 // The long poll notices a broken connection; try again after the next stretch.
