@@ -303,6 +303,19 @@ pub enum PasswordSource {
     File(PathBuf),
     /// `$CREDENTIALS_DIRECTORY/<name>` (systemd `LoadCredential=`).
     SystemdCredential(PathBuf),
+    /// Not read: the command does not connect to vCenter (see [`Secrets::Skip`]).
+    NotLoaded,
+}
+
+/// Whether [`load_with`] reads the vCenter passwords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read every vCenter password; a missing one is a config error (`serve`, `check`).
+    Load,
+    /// Leave them unread, for commands that only use the database (`migrate`, `token`): run as
+    /// the service user, they cannot read a root-only password file or a systemd credential
+    /// that only the service is given.
+    Skip,
 }
 
 impl fmt::Display for PasswordSource {
@@ -311,6 +324,7 @@ impl fmt::Display for PasswordSource {
             Self::Inline => f.write_str("inline password"),
             Self::File(p) => write!(f, "password_file {}", p.display()),
             Self::SystemdCredential(p) => write!(f, "systemd credential {}", p.display()),
+            Self::NotLoaded => f.write_str("not loaded (this command does not use vCenter)"),
         }
     }
 }
@@ -358,6 +372,15 @@ impl Environment {
 /// Loads the configuration: `file` if given (it must exist), else [`DEFAULT_CONFIG_FILE`] if it
 /// exists, else built-in defaults; then environment overrides; then secrets.
 pub fn load(file: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
+    load_with(file, env, Secrets::Load)
+}
+
+/// [`load`], reading the vCenter passwords or not (`secrets`); every other rule still applies.
+pub fn load_with(
+    file: Option<&Path>,
+    env: &Environment,
+    secrets: Secrets,
+) -> Result<Config, ConfigError> {
     let source = match file {
         Some(p) if !p.exists() => {
             return Err(ConfigError::MissingFile {
@@ -394,7 +417,7 @@ pub fn load(file: Option<&Path>, env: &Environment) -> Result<Config, ConfigErro
         .and_then(|c| c.try_deserialize())
         .map_err(|e| ConfigError::Parse(one_line(&e)))?;
 
-    let vcenters = resolve_vcenters(raw.vcenters, env)?;
+    let vcenters = resolve_vcenters(raw.vcenters, env, secrets)?;
     let cfg = Config {
         http: raw.http,
         database: raw.database,
@@ -493,6 +516,7 @@ fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError>
 fn resolve_vcenters(
     files: Vec<VcenterFile>,
     env: &Environment,
+    secrets: Secrets,
 ) -> Result<Vec<VcenterConfig>, ConfigError> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(files.len());
@@ -539,6 +563,9 @@ fn resolve_vcenters(
                     key("password"),
                     "set either password or password_file, not both",
                 ))
+            }
+            (None, _) if secrets == Secrets::Skip => {
+                (SecretString::from(""), PasswordSource::NotLoaded)
             }
             (Some(p), None) => {
                 if p.expose_secret().is_empty() {

@@ -66,9 +66,12 @@ impl Default for ReconcilerConfig {
 
 /// `host-pid-random`: unique per process, readable in the lease table.
 pub fn default_replica_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".to_owned());
+    // uname(2), not /proc/sys/kernel/hostname: the systemd unit's ProcSubset=pid hides /proc/sys.
+    let host = gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
     format!(
         "{host}-{}-{:04x}",
         std::process::id(),
