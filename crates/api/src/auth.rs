@@ -68,6 +68,12 @@ impl<R: MinRole> FromRequestParts<AppState> for Caller<R> {
                 "send an API token as 'Authorization: Bearer <secret>'",
             ));
         };
+        // A secret of the wrong shape is refused before it costs a database connection.
+        if !tokens::is_well_formed(secret) {
+            return Err(ApiError::unauthorized(
+                "the API token is unknown or revoked",
+            ));
+        }
         // Authenticated outside the request's transaction: marking the token used is
         // bookkeeping, not part of the change the request makes.
         let mut conn = state.db.acquire().await?;

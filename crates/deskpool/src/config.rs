@@ -71,6 +71,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Requests handled at once; more wait for a turn (within the request timeout).
+    pub max_concurrent_requests: usize,
+    /// A request not answered within this many seconds (waiting included) gets 503.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -78,6 +82,8 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
+            max_concurrent_requests: 256,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -88,8 +94,11 @@ impl Default for HttpConfig {
 pub struct DatabaseConfig {
     /// PostgreSQL URL; may hold a password, so it is a secret and only shown redacted.
     pub url: SecretString,
-    /// Size of the connection pool.
+    /// Connections for HTTP API requests (`/readyz` and `/metrics` included).
     pub max_connections: u32,
+    /// Connections reserved for the reconciler (its passes, workers, leader lease and
+    /// `LISTEN`), in addition to `max_connections`: API traffic can never take them.
+    pub reconciler_connections: u32,
     /// How long to wait for the database when connecting, in seconds.
     pub connect_timeout_secs: u64,
 }
@@ -99,6 +108,7 @@ impl Default for DatabaseConfig {
         Self {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/deskpool"),
             max_connections: 10,
+            reconciler_connections: 4,
             connect_timeout_secs: 5,
         }
     }
@@ -686,6 +696,21 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.database.max_connections == 0 {
         return Err(invalid("database.max_connections", "must be at least 1"));
     }
+    if cfg.database.reconciler_connections < 2 {
+        return Err(invalid(
+            "database.reconciler_connections",
+            "must be at least 2 (one is held by LISTEN for pool changes)",
+        ));
+    }
+    if cfg.http.max_concurrent_requests == 0 {
+        return Err(invalid(
+            "http.max_concurrent_requests",
+            "must be at least 1",
+        ));
+    }
+    if cfg.http.request_timeout_secs == 0 {
+        return Err(invalid("http.request_timeout_secs", "must be at least 1"));
+    }
     if cfg.database.connect_timeout_secs == 0 {
         return Err(invalid(
             "database.connect_timeout_secs",
@@ -799,11 +824,15 @@ mod tests {
             DatabaseConfig::default().url.expose_secret()
         );
         assert_eq!(cfg.database.max_connections, 10);
+        assert_eq!(cfg.database.reconciler_connections, 4);
         for key in [
             "listen",
             "max_body_bytes",
+            "max_concurrent_requests",
+            "request_timeout_secs",
             "url",
             "max_connections",
+            "reconciler_connections",
             "connect_timeout_secs",
             "format",
             "level",
@@ -866,7 +895,7 @@ mod tests {
             .to_string();
         assert_eq!(
             msg,
-            "http.listen_addr: unknown key (expected `listen` or `max_body_bytes`)"
+            "http.listen_addr: unknown key (expected one of `listen`, `max_body_bytes`, `max_concurrent_requests`, `request_timeout_secs`)"
         );
         let msg = load_text("[htp]\n", &env(&[])).unwrap_err().to_string();
         assert!(msg.starts_with("htp: unknown key"), "{msg}");

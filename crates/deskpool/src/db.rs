@@ -11,8 +11,13 @@ use sqlx::ConnectOptions;
 use crate::config::DatabaseConfig;
 
 /// Connects once (so an unreachable database fails fast with its real cause, not a pool
-/// timeout), then returns a pool.
+/// timeout), then returns a pool of `max_connections`.
 pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    connect_sized(cfg, cfg.max_connections).await
+}
+
+/// [`connect`] with a pool of `size` connections.
+pub async fn connect_sized(cfg: &DatabaseConfig, size: u32) -> anyhow::Result<PgPool> {
     let opts = options(cfg)?;
     let timeout = Duration::from_secs(cfg.connect_timeout_secs);
     let redacted = cfg.redacted_url();
@@ -42,7 +47,7 @@ pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
         }
     }
     let pool = PgPoolOptions::new()
-        .max_connections(cfg.max_connections)
+        .max_connections(size)
         .acquire_timeout(timeout)
         .connect_lazy_with(opts);
     tracing::debug!(database = %redacted, "connected to database");

@@ -36,13 +36,26 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     };
 
-    let pool = db::connect(&cfg.database).await?;
+    let databases = Databases {
+        api: db::connect(&cfg.database).await?,
+        reconciler: db::connect_sized(&cfg.database, cfg.database.reconciler_connections).await?,
+    };
     deskpool_store::MIGRATOR
-        .run(&pool)
+        .run(&databases.reconciler)
         .await
         .context("applying database migrations")?;
-    let app = build(&cfg, pool).await?;
+    let app = build(&cfg, databases).await?;
     app.run(shutdown).await
+}
+
+/// The daemon's two connection pools to one database: the API's, and the reconciler's own, so
+/// that no amount of HTTP traffic can take the connections the leader lease renews with.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    /// For HTTP requests (`database.max_connections`).
+    pub api: PgPool,
+    /// For the reconciler and its lease (`database.reconciler_connections`).
+    pub reconciler: PgPool,
 }
 
 /// The running daemon: its bound addresses and supervised tasks.
@@ -56,14 +69,14 @@ pub struct App {
 }
 
 /// Binds the listeners and spawns every task of the daemon.
-pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
+pub async fn build(cfg: &Config, databases: Databases) -> anyhow::Result<App> {
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot bind {}", cfg.http.listen))?;
     let http_addr = listener.local_addr().context("reading the bound address")?;
 
     let reconciler = deskpool_reconciler::Reconciler::new(
-        pool.clone(),
+        databases.reconciler,
         cfg.vcenters
             .iter()
             .map(|v| deskpool_reconciler::VcenterSpec {
@@ -74,11 +87,15 @@ pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
         cfg.reconciler.tunables(),
     );
     let api = deskpool_api::ApiState {
-        db: pool,
+        db: databases.api,
         vcenters: cfg.vcenters.iter().map(|v| v.name.clone()).collect(),
         health: Arc::new(ReconcilerHealth(reconciler.status())),
         metrics: deskpool_api::install_metrics_recorder(),
         max_body_bytes: cfg.http.max_body_bytes,
+        limits: deskpool_api::RequestLimits {
+            max_concurrent: cfg.http.max_concurrent_requests,
+            timeout: Duration::from_secs(cfg.http.request_timeout_secs),
+        },
     };
     let router = deskpool_api::router(api);
 

@@ -56,6 +56,7 @@ pub fn router_for(db: PgPool, health: Arc<FixedHealth>) -> Router {
         health,
         metrics: deskpool_api::install_metrics_recorder(),
         max_body_bytes: MAX_BODY,
+        limits: deskpool_api::RequestLimits::default(),
     })
 }
 

@@ -6,6 +6,7 @@ mod common;
 mod access;
 mod fuzz;
 mod input;
+mod limits;
 mod logs;
 mod ops;
 mod pools;
