@@ -4,6 +4,7 @@
 mod common;
 
 mod access;
+mod floor;
 mod fuzz;
 mod input;
 mod limits;
