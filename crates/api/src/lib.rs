@@ -153,7 +153,7 @@ fn table() -> Table {
             desktops::delete,
         )
         .add(Method::GET, "/api/v1/events", events::list)
-        .add(Method::GET, "/openapi.json", ops::openapi_json)
+        .add(Method::GET, "/openapi.json", openapi::openapi_json)
         .add(Method::GET, "/healthz", ops::healthz)
         .add(Method::GET, "/readyz", ops::readyz)
         .add(Method::GET, "/metrics", ops::metrics)

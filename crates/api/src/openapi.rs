@@ -1,5 +1,9 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations, and its route.
 
+use std::sync::OnceLock;
+
+use axum::response::{IntoResponse as _, Response};
+use http::header;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -25,7 +29,7 @@ impl Modify for BearerAuth {
         pools::pause, pools::resume,
         desktops::list, desktops::get, desktops::delete,
         events::list,
-        ops::healthz, ops::readyz, ops::metrics, ops::openapi_json,
+        ops::healthz, ops::readyz, ops::metrics, openapi_json,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
@@ -48,4 +52,17 @@ struct ApiDoc;
 /// The API's OpenAPI 3 document.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
+pub(crate) async fn openapi_json() -> Response {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        openapi()
+            .to_json()
+            .expect("the OpenAPI document serializes")
+    });
+    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }

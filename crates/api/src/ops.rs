@@ -2,7 +2,6 @@
 //! needs a token.
 
 use std::fmt::Write as _;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -150,17 +149,4 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         out,
     )
         .into_response()
-}
-
-/// This API's OpenAPI 3 document.
-#[utoipa::path(get, path = "/openapi.json", tag = "ops",
-    responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
-pub(crate) async fn openapi_json() -> Response {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let doc = DOC.get_or_init(|| {
-        crate::openapi()
-            .to_json()
-            .expect("the OpenAPI document serializes")
-    });
-    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }
