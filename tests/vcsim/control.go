@@ -27,6 +27,7 @@ import (
 //	POST /folders          {"name":"pool-a"} -> {"moref","created","path"} (DC0/vm/NAME, idempotent)
 //	GET  /vms[?folder=X]   [{name,moref,power_state,instance_uuid,extra_config,folder,folder_moref,
 //	                       snapshots,current_snapshot}] (X = folder name or moref)
+//	POST /vms/copy, GET|POST /faults: see copies.go
 func (h *harness) controlMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/stats", h.only(http.MethodGet, h.handleStats))
@@ -36,6 +37,7 @@ func (h *harness) controlMux() http.Handler {
 	mux.HandleFunc("/snapshots/remove", h.only(http.MethodPost, h.handleRemoveSnapshots))
 	mux.HandleFunc("/folders", h.only(http.MethodPost, h.handleCreateFolder))
 	mux.HandleFunc("/vms", h.only(http.MethodGet, h.handleVMs))
+	h.registerSafety(mux)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]bool{"ok": true}) })
 	return mux
 }

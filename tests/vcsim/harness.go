@@ -222,6 +222,7 @@ func (h *harness) intercept(w http.ResponseWriter, r *http.Request, name string,
 			return true
 		}
 		task = h.startClone(req)
+		holdCloneResponse()
 	case *types.PowerOnVM_Task:
 		task = h.startPower(req.This, "powerOn", func(ctx context.Context) (types.ManagedObjectReference, error) {
 			res, err := methods.PowerOnVM_Task(ctx, h.client, &types.PowerOnVM_Task{This: req.This, Host: req.Host})
@@ -239,6 +240,10 @@ func (h *harness) intercept(w http.ResponseWriter, r *http.Request, name string,
 			return res.Returnval, nil
 		})
 	case *types.Destroy_Task:
+		if f := destroyFaultFor(req.This); f != nil {
+			task = h.startFailing(req.This, "destroy", f)
+			break
+		}
 		task = h.startPower(req.This, "destroy", func(ctx context.Context) (types.ManagedObjectReference, error) {
 			res, err := methods.Destroy_Task(ctx, h.client, &types.Destroy_Task{This: req.This})
 			if err != nil {
@@ -418,6 +423,7 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 
 		inner := *req
 		inner.Spec.PowerOn = false
+		inheritExtraConfig(req.This, &inner.Spec)
 		cres, err := methods.CloneVM_Task(context.Background(), h.client, &inner)
 		if err != nil {
 			return nil, faultOf(err)

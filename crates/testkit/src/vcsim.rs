@@ -336,6 +336,44 @@ impl Vcsim {
         }
     }
 
+    /// Copies a VM as an admin's "Clone to Virtual Machine" (or a backup restore) does: a
+    /// full clone with a fresh instance UUID that keeps the source's extraConfig, deskpool's
+    /// markers included, under `extra_config` (the clone spec's own settings, which win).
+    /// `vm` is a moref or a name; `folder` (name or moref) defaults to the source's folder.
+    pub async fn copy_vm(
+        &self,
+        vm: &str,
+        name: &str,
+        folder: Option<&str>,
+        extra_config: &[(&str, &str)],
+    ) -> VmInfo {
+        let extra: serde_json::Map<String, serde_json::Value> = extra_config
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect();
+        let v = self
+            .post(
+                "/vms/copy",
+                serde_json::json!({
+                    "vm": vm, "name": name, "folder": folder.unwrap_or_default(), "extra_config": extra,
+                }),
+            )
+            .await;
+        serde_json::from_value(v).expect("vcsim: /vms/copy answer")
+    }
+
+    /// Sets injected faults; any subset of `{"clone_response_delay_ms": n, "destroy_fault":
+    /// "NoPermission" | "" (none), "destroy_fault_vms": [moref...] (empty: every VM)}`.
+    /// `clone_response_delay_ms` holds each `CloneVM_Task` answer back after its task started.
+    pub async fn set_faults(&self, faults: serde_json::Value) {
+        self.post("/faults", faults).await;
+    }
+
+    /// The injected faults and `destroy_faults_raised` (Destroy_Task calls failed so far).
+    pub async fn faults(&self) -> serde_json::Value {
+        self.get("/faults").await
+    }
+
     /// The golden VM as seen by `/vms`.
     pub async fn golden(&self) -> VmInfo {
         let name = self.golden_path.rsplit('/').next().unwrap_or_default();

@@ -335,3 +335,157 @@ async fn restart_keeps_the_ports() {
     assert!(folders.iter().all(|f| f == "vm"), "{folders:?}");
     assert!(!sim.create_folder("pool-a").await.is_empty());
 }
+
+/// A real vCenter copies the source VM's extraConfig into a clone (under the CloneSpec's own
+/// settings); an admin's copy of a desktop therefore carries deskpool's markers.
+#[tokio::test]
+async fn a_clone_keeps_the_source_extra_config() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let folder = sim.create_folder("pool-a").await;
+    let snapshot = sim.golden().await.current_snapshot;
+    let soap = Soap::new(&sim);
+    let (code, body) = soap.login(&sim.username, &sim.password).await;
+    assert_eq!(code, 200, "{body}");
+    let markers = |v: &deskpool_testkit::vcsim::VmInfo| -> Vec<(String, String)> {
+        v.extra_config
+            .iter()
+            .filter(|(k, _)| k.starts_with("deskpool."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert!(markers(&sim.golden().await).is_empty());
+
+    // A clone of the golden VM (no markers) has exactly its spec's markers.
+    let uuid = "5b1a9c1e-0000-4000-8000-000000000002";
+    let task = soap
+        .linked_clone(&sim.golden_moref, &folder, &snapshot, "desk-001", uuid)
+        .await;
+    assert!(soap
+        .wait_task(&task)
+        .await
+        .contains("<state>success</state>"));
+    let desktop = sim.vms(Some("pool-a")).await.remove(0);
+    assert_eq!(
+        markers(&desktop),
+        [("deskpool.pool".to_owned(), "pool-a".to_owned())]
+    );
+
+    // A full clone of the desktop through SOAP keeps its markers under the spec's own.
+    let (code, body) = soap
+        .call(&format!(
+            r#"<CloneVM_Task xmlns="urn:vim25"><_this type="VirtualMachine">{}</_this><folder type="Folder">{folder}</folder><name>desk-001-copy</name><spec><location/><template>false</template><config><extraConfig xsi:type="OptionValue"><key>note</key><value xsi:type="xsd:string" xmlns:xsd="http://www.w3.org/2001/XMLSchema">copy</value></extraConfig></config><powerOn>false</powerOn></spec></CloneVM_Task>"#,
+            desktop.moref
+        ))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let task = between(&body, r#"<returnval type="Task">"#, "</returnval>").to_owned();
+    assert!(soap
+        .wait_task(&task)
+        .await
+        .contains("<state>success</state>"));
+    let vms = sim.vms(Some("pool-a")).await;
+    let copy = vms.iter().find(|v| v.name == "desk-001-copy").unwrap();
+    assert_eq!(markers(copy), markers(&desktop));
+    assert_eq!(
+        copy.extra_config.get("note").map(String::as_str),
+        Some("copy")
+    );
+    assert_ne!(copy.instance_uuid, desktop.instance_uuid);
+    assert_eq!(
+        copy.extra_config.keys().filter(|k| *k == "govcsim").count(),
+        1,
+        "the simulator's own key is not doubled"
+    );
+
+    // The control API's copy, into another folder, with a setting of its own that wins.
+    sim.create_folder("elsewhere").await;
+    let copy = sim
+        .copy_vm(
+            "desk-001",
+            "golden-v3",
+            Some("elsewhere"),
+            &[("deskpool.extra", "x")],
+        )
+        .await;
+    assert_eq!(copy.folder, "elsewhere");
+    assert_eq!(copy.name, "golden-v3");
+    assert_ne!(copy.instance_uuid, desktop.instance_uuid);
+    assert_eq!(
+        copy.extra_config.get("deskpool.pool").map(String::as_str),
+        Some("pool-a")
+    );
+    assert_eq!(
+        copy.extra_config.get("deskpool.extra").map(String::as_str),
+        Some("x")
+    );
+    let listed = sim.vms(Some("elsewhere")).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].extra_config, copy.extra_config);
+}
+
+/// Destroy faults and a held-back clone answer, for the reconciler's failure tests.
+#[tokio::test]
+async fn injected_destroy_fault_and_clone_answer_delay() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let folder = sim.create_folder("pool-a").await;
+    let snapshot = sim.golden().await.current_snapshot;
+    let soap = Soap::new(&sim);
+    soap.login(&sim.username, &sim.password).await;
+    sim.set_faults(serde_json::json!({"clone_response_delay_ms": 600}))
+        .await;
+    let started = Instant::now();
+    let task = soap
+        .linked_clone(
+            &sim.golden_moref,
+            &folder,
+            &snapshot,
+            "desk-001",
+            "5b1a9c1e-0000-4000-8000-000000000003",
+        )
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "answer not held back"
+    );
+    assert!(soap
+        .wait_task(&task)
+        .await
+        .contains("<state>success</state>"));
+    let vm = sim.vms(Some("pool-a")).await.remove(0);
+
+    sim.set_faults(
+        serde_json::json!({"destroy_fault": "NoPermission", "destroy_fault_vms": [vm.moref]}),
+    )
+    .await;
+    let (code, body) = soap
+        .call(&format!(
+            r#"<Destroy_Task xmlns="urn:vim25"><_this type="VirtualMachine">{}</_this></Destroy_Task>"#,
+            vm.moref
+        ))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let task = between(&body, r#"<returnval type="Task">"#, "</returnval>").to_owned();
+    let info = soap.wait_task(&task).await;
+    assert!(info.contains("NoPermission"), "{info}");
+    assert_eq!(
+        sim.vms(Some("pool-a")).await.len(),
+        1,
+        "VM destroyed anyway"
+    );
+    assert_eq!(sim.faults().await["destroy_faults_raised"], 1);
+
+    sim.set_faults(serde_json::json!({"destroy_fault": ""}))
+        .await;
+    let (_, body) = soap
+        .call(&format!(
+            r#"<Destroy_Task xmlns="urn:vim25"><_this type="VirtualMachine">{}</_this></Destroy_Task>"#,
+            vm.moref
+        ))
+        .await;
+    let task = between(&body, r#"<returnval type="Task">"#, "</returnval>").to_owned();
+    assert!(soap
+        .wait_task(&task)
+        .await
+        .contains("<state>success</state>"));
+    assert!(sim.vms(Some("pool-a")).await.is_empty());
+}
