@@ -127,6 +127,13 @@ async fn check_database(pool: &PgPool, cfg: &Config, report: &mut Report) -> Vec
     if pending > 0 || !problems.is_empty() {
         return Vec::new();
     }
+    match deskpool_store::installation::id(&mut conn).await {
+        Ok(id) => report.ok(
+            "installation",
+            format!("{id} (marks every VM this installation makes)"),
+        ),
+        Err(e) => report.fail("installation", e.to_string()),
+    }
 
     let pools = match deskpool_store::pools::list(&mut conn).await {
         Ok(p) => p,

@@ -318,6 +318,16 @@ fn migrate_check_and_tokens_on_a_fresh_database() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("ok   migrations: "), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
+    // The installation id is generated once and shown the same by every check.
+    let id_line = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("ok   installation: "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no installation line: {out}"))
+    };
+    let first = id_line(&stdout);
+    let (_, again, _) = run(&mut cmd(&["check"]));
+    assert_eq!(id_line(&again), first);
 
     let (out, secret, stderr) = run(&mut cmd(&[
         "token", "create", "--name", "alice", "--role", "helpdesk",

@@ -18,3 +18,6 @@ pub use state::{DesktopState, EventKind, PoolState, UnknownState};
 pub const MARKER_POOL: &str = "deskpool.pool";
 /// Key of the extraConfig marker holding the desktop's id (a UUID) in the database.
 pub const MARKER_DESKTOP: &str = "deskpool.desktop";
+/// Key of the extraConfig marker holding the id of the deskpool installation (database) that
+/// made the VM: an installation only ever considers VMs carrying its own id.
+pub const MARKER_INSTALLATION: &str = "deskpool.installation";

@@ -1,4 +1,5 @@
-//! deskpool's PostgreSQL store: pools, desktops, events, API tokens and the leader lease.
+//! deskpool's PostgreSQL store: pools, desktops, events, API tokens, the leader lease and the
+//! installation's identity.
 //!
 //! Every function takes `&mut PgConnection` so the caller owns the transaction. No function
 //! here talks to vCenter, so no transaction is ever held open across a vCenter call.
@@ -6,6 +7,7 @@
 pub mod desktops;
 mod error;
 pub mod events;
+pub mod installation;
 pub mod lease;
 pub mod pools;
 pub mod tokens;
