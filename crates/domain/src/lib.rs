@@ -5,11 +5,13 @@
 //! tested (and property-tested) in isolation.
 
 mod naming;
+mod ownership;
 mod plan;
 mod spec;
 mod state;
 
 pub use naming::{NamingError, NamingPattern};
+pub use ownership::{judge, SeenVm, Verdict};
 pub use plan::{plan, DesktopView, Plan, PlanInput};
 pub use spec::{is_slug, GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
 pub use state::{DesktopState, EventKind, PoolState, UnknownState};

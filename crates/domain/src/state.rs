@@ -137,8 +137,11 @@ string_enum!(
         DesktopDestroyed => "desktop_destroyed",
         /// A VM found in vCenter was adopted by its pending row.
         Adopted => "adopted",
-        /// A VM carrying this pool's marker but unknown to the database was destroyed.
+        /// A VM this installation made for a desktop that is gone was destroyed.
         OrphanDestroyed => "orphan_destroyed",
+        /// A VM carries deskpool's markers but an instance UUID deskpool never issued (a copy
+        /// of a desktop, a restore): reported, never touched.
+        ForeignVm => "foreign_vm",
         /// This replica became the leader.
         LeaseTaken => "lease_taken",
         /// An API token was created.
