@@ -20,7 +20,10 @@ import (
 //	                       injected_clone_failures, duplicate_name_errors, clones_in_flight,
 //	                       max_clones_in_flight, clones_in_flight_by_folder,
 //	                       max_clones_in_flight_by_folder, vm_count, config
-//	POST /stats/reset      zero counters and maxima
+//	POST /stats/reset      zero counters and maxima, forget the clone timeline
+//	GET  /clones           every CloneVM_Task since the last reset, in arrival order:
+//	                       [{name,folder,received_us,done_us,ok,power_on}] (Unix microseconds;
+//	                       done_us 0 while running)
 //	POST /sessions/expire  terminate all SOAP sessions ({"expired":n})
 //	GET|POST /config       {"clone_delay_ms","power_delay_ms","clone_fail_rate","fail_leave_vm_rate"} (any subset)
 //	POST /snapshots/remove remove all snapshots of the golden VM
@@ -31,6 +34,7 @@ func (h *harness) controlMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/stats", h.only(http.MethodGet, h.handleStats))
 	mux.HandleFunc("/stats/reset", h.only(http.MethodPost, h.handleResetStats))
+	mux.HandleFunc("/clones", h.only(http.MethodGet, h.handleClones))
 	mux.HandleFunc("/sessions/expire", h.only(http.MethodPost, h.handleExpireSessions))
 	mux.HandleFunc("/config", h.handleConfig)
 	mux.HandleFunc("/snapshots/remove", h.only(http.MethodPost, h.handleRemoveSnapshots))
@@ -109,6 +113,8 @@ func (h *harness) handleResetStats(w http.ResponseWriter, _ *http.Request) {
 	h.mu.Lock()
 	old := h.stats
 	h.stats = newCounters()
+	h.clones = nil
+	h.clonesGen++
 	h.stats.inFlight = old.inFlight
 	h.stats.maxInFlight = old.inFlight
 	for k, v := range old.inFlightByFolder {
@@ -119,6 +125,13 @@ func (h *harness) handleResetStats(w http.ResponseWriter, _ *http.Request) {
 	}
 	h.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+func (h *harness) handleClones(w http.ResponseWriter, _ *http.Request) {
+	h.mu.Lock()
+	out := append([]cloneRecord{}, h.clones...)
+	h.mu.Unlock()
+	writeJSON(w, http.StatusOK, out)
 }
 
 // handleExpireSessions terminates every session known to the SessionManager:

@@ -105,6 +105,23 @@ impl Stats {
     }
 }
 
+/// One `CloneVM_Task` from `GET /clones`: when the simulator received it and when its task
+/// ended, in microseconds since the Unix epoch (the clock PostgreSQL's `now()` and
+/// `SystemTime` read).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CloneRecord {
+    pub name: String,
+    /// Destination folder name.
+    pub folder: String,
+    pub received_us: i64,
+    /// 0 while the task runs.
+    pub done_us: i64,
+    pub ok: bool,
+    /// The request asked for `spec.powerOn` (the task then includes the power-on delay).
+    pub power_on: bool,
+}
+
 /// One VM from `GET /vms`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -285,14 +302,26 @@ impl Vcsim {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The simulator's process id (None once it has been reaped), e.g. to read its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Counters (SOAP calls, clones, clones in flight, VM count).
     pub async fn stats(&self) -> Stats {
         self.get("/stats").await
     }
 
-    /// Zeroes counters and maxima (clones still in flight stay counted).
+    /// Zeroes counters and maxima (clones still in flight stay counted) and forgets the clone
+    /// timeline of [`Vcsim::clones`].
     pub async fn reset_stats(&self) {
         self.post("/stats/reset", serde_json::json!({})).await;
+    }
+
+    /// Every `CloneVM_Task` since the start or the last [`Vcsim::reset_stats`], in arrival
+    /// order.
+    pub async fn clones(&self) -> Vec<CloneRecord> {
+        self.get("/clones").await
     }
 
     /// Terminates every SOAP session: the next call with an old session

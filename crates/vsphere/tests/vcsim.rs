@@ -771,3 +771,65 @@ async fn vm_watch_reports_an_announced_vm_removed_before_the_watch_saw_it() {
     vc.wait_task(&vc.destroy(&vm).await.unwrap()).await.unwrap();
     assert_eq!(next_changes(&mut rx, &vm).await, vec![VmChange::Gone]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_with_power_on_runs_the_vm_when_the_task_ends() {
+    const CLONE_DELAY: Duration = Duration::from_millis(100);
+    const POWER_DELAY: Duration = Duration::from_millis(150);
+    let sim = Vcsim::start(VcsimOptions {
+        folders: vec!["lab".into()],
+        clone_delay: CLONE_DELAY,
+        power_delay: POWER_DELAY,
+        ..Default::default()
+    })
+    .await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm/lab").await;
+
+    let on = LinkedCloneSpec {
+        power_on: true,
+        ..spec(&p, "on-1")
+    };
+    let vm = vc
+        .wait_task(&vc.clone_linked(&p.golden, &on).await.unwrap())
+        .await
+        .unwrap()
+        .expect("clone result");
+    assert_eq!(
+        vc.vm_info(&vm).await.unwrap().unwrap().power_state,
+        PowerState::PoweredOn,
+        "spec.powerOn: the VM runs once the clone task has ended"
+    );
+    let off = vc
+        .wait_task(
+            &vc.clone_linked(&p.golden, &spec(&p, "off-1"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("clone result");
+    assert_eq!(
+        vc.vm_info(&off).await.unwrap().unwrap().power_state,
+        PowerState::PoweredOff
+    );
+    assert_eq!(sim.stats().await.calls("PowerOnVM_Task"), 0);
+
+    let clones = sim.clones().await;
+    assert_eq!(
+        clones
+            .iter()
+            .map(|c| (c.name.as_str(), c.folder.as_str(), c.power_on, c.ok))
+            .collect::<Vec<_>>(),
+        [("on-1", "lab", true, true), ("off-1", "lab", false, true)]
+    );
+    // The power-on is part of the clone task, as on vCenter: it ends no sooner than both
+    // delays (a lower bound, whatever the machine's load).
+    let took = |c: &deskpool_testkit::vcsim::CloneRecord| {
+        Duration::from_micros((c.done_us - c.received_us) as u64)
+    };
+    assert!(took(&clones[0]) >= CLONE_DELAY + POWER_DELAY, "{clones:?}");
+    assert!(took(&clones[1]) >= CLONE_DELAY, "{clones:?}");
+    sim.reset_stats().await;
+    assert!(sim.clones().await.is_empty());
+}
