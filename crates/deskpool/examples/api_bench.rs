@@ -345,13 +345,16 @@ impl DbCounter {
 }
 
 /// Transactions per request of one kind on an idle daemon: `n` requests one after another,
-/// then the wait for PostgreSQL's counts.
+/// then the wait for PostgreSQL's counts, less what the idle daemon does in as long
+/// (`idle_per_sec`: lease renewals and the like).
 async fn transactions_per(
     db: &DbCounter,
     n: u32,
+    idle_per_sec: f64,
     request: impl Fn(u32) -> reqwest::RequestBuilder,
 ) -> anyhow::Result<f64> {
     let before = db.transactions().await?;
+    let t0 = Instant::now();
     for i in 0..n {
         let res = request(i).send().await?;
         ensure!(
@@ -362,10 +365,18 @@ async fn transactions_per(
         res.bytes().await?;
     }
     tokio::time::sleep(STATS_LAG).await;
-    Ok((db.transactions().await? - before) as f64 / f64::from(n))
+    let idle = idle_per_sec * t0.elapsed().as_secs_f64();
+    Ok(((db.transactions().await? - before) as f64 - idle) / f64::from(n))
 }
 
-/// Runs the open-loop load; returns the number of requests sent.
+/// Transactions per second of the idle daemon.
+async fn idle_transactions(db: &DbCounter) -> anyhow::Result<f64> {
+    let before = db.transactions().await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(STATS_LAG * 2).await;
+    Ok((db.transactions().await? - before) as f64 / t0.elapsed().as_secs_f64())
+}
+
 async fn load(api: &Api, pools: &[String], args: &Args) -> anyhow::Result<u64> {
     let total = u64::from(args.rate) * u64::from(args.seconds);
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
@@ -697,8 +708,11 @@ async fn transactions(
     let destroys = s.calls("Destroy_Task") - sim_before.calls("Destroy_Task");
 
     settle(api, pools).await?;
+    // Counts still owed from the settling come in during the first wait.
+    tokio::time::sleep(STATS_LAG).await;
+    let idle = idle_transactions(db).await?;
     const CALIBRATION: u32 = 500;
-    let get = transactions_per(db, CALIBRATION, |_| {
+    let get = transactions_per(db, CALIBRATION, idle, |_| {
         api.http
             .get(format!("{}/api/v1/pools", api.base))
             .header("authorization", &api.auth)
@@ -706,7 +720,7 @@ async fn transactions(
     .await?;
     // Setting a pool's target to the value it has: the request's own work plus the pass it
     // wakes, without clones.
-    let patch = transactions_per(db, CALIBRATION, |i| {
+    let patch = transactions_per(db, CALIBRATION, idle, |i| {
         api.http
             .patch(format!(
                 "{}/api/v1/pools/{}",
@@ -729,7 +743,7 @@ async fn transactions(
         STATS_LAG.as_secs()
     );
     println!(
-        "  per API request measured alone ({CALIBRATION} each, idle daemon): GET /pools {get:.2}, PATCH /pools/{{name}} (target unchanged, includes the pass it wakes) {patch:.2}"
+        "  per API request measured alone ({CALIBRATION} each, idle daemon, less its idle {idle:.2}/s): GET /pools {get:.2}, PATCH /pools/{{name}} (target unchanged, includes the pass it wakes) {patch:.2}"
     );
     println!(
         "  hence API {api_share:.0}, reconciler {reconciler:.0} = {:.1} per clone (destroys included: {:.1} per clone or destroy)",
