@@ -427,7 +427,11 @@ async fn fill_case(n: u32, c: u32, show_fill: bool, show_calls: bool) {
     let sim = Vcsim::start(VcsimOptions {
         clone_delay: FILL_CLONE,
         power_delay: FILL_POWER,
-        folders: vec![pool.clone(), naive_folder.clone()],
+        folders: vec![
+            pool.clone(),
+            naive_folder.clone(),
+            format!("{naive_folder}-on"),
+        ],
         ..Default::default()
     })
     .await;
@@ -534,7 +538,7 @@ async fn fill_case(n: u32, c: u32, show_fill: bool, show_calls: bool) {
     if show_fill {
         sim.reset_stats().await;
         let t0_us = unix_us();
-        let naive = naive_fill(&sim, &naive_folder, n, c).await;
+        let naive = naive_fill(&sim, &naive_folder, n, c, false).await;
         print_run(
             &format!(
                 "naive baseline ({c} clones at a time, each task read every {} ms with RetrievePropertiesEx, power-on outside the slot)",
@@ -560,6 +564,24 @@ async fn fill_case(n: u32, c: u32, show_fill: bool, show_calls: bool) {
             secs(naive.elapsed),
             secs(deskpool.elapsed) / secs(naive.elapsed)
         );
+        // What `CloneSpec.powerOn` costs and saves, physically: the same baseline, one task
+        // per desktop that holds its slot through the power-on.
+        sim.reset_stats().await;
+        let t0_us = unix_us();
+        let on = naive_fill(&sim, &format!("{naive_folder}-on"), n, c, true).await;
+        print_run(
+            "naive baseline with CloneSpec.powerOn (no PowerOnVM_Task; the slot holds L + P)",
+            &on,
+            t0_us,
+            n,
+            c,
+        );
+        println!(
+            "    SOAP calls {} = {:.2} per desktop; ideal for this shape ceil(N/C) x (L + P) = {:.2} s",
+            on.calls_total,
+            on.calls_total as f64 / f64::from(n),
+            f64::from(n.div_ceil(c)) * secs(FILL_CLONE + FILL_POWER)
+        );
     }
 }
 
@@ -580,8 +602,10 @@ async fn poll_task(client: &Client, task: &MoRef) -> Option<MoRef> {
 
 /// The naive baseline of issue #9: `c` workers, each clones, reads the task every 50 ms until
 /// it ends, hands the power-on (started and polled the same way) to a task of its own so the
-/// next clone need not wait for it, and takes the next desktop.
-async fn naive_fill(sim: &Vcsim, folder: &str, n: u32, c: u32) -> FillRun {
+/// next clone need not wait for it, and takes the next desktop. With `power_on_in_clone` the
+/// clone spec asks for `powerOn` instead: one task per desktop, which holds the slot through
+/// the power-on.
+async fn naive_fill(sim: &Vcsim, folder: &str, n: u32, c: u32, power_on_in_clone: bool) -> FillRun {
     let client = Client::connect(vcenter(sim).options)
         .await
         .expect("naive baseline: connect");
@@ -608,7 +632,7 @@ async fn naive_fill(sim: &Vcsim, folder: &str, n: u32, c: u32) -> FillRun {
         instance_uuid: String::new(),
         extra_config: Vec::new(),
         customization: None,
-        power_on: false,
+        power_on: power_on_in_clone,
     });
     // Setup calls are not part of the measurement.
     sim.reset_stats().await;
@@ -644,6 +668,9 @@ async fn naive_fill(sim: &Vcsim, folder: &str, n: u32, c: u32) -> FillRun {
                     let vm = poll_task(&client, &task)
                         .await
                         .expect("naive baseline: clone without a VM");
+                    if power_on_in_clone {
+                        continue;
+                    }
                     let client = client.clone();
                     let power = tokio::spawn(async move {
                         let task = client
