@@ -9,3 +9,5 @@ mod input;
 mod logs;
 mod ops;
 mod pools;
+mod tokens;
+mod ui;
