@@ -35,6 +35,19 @@
     return el;
   }
 
+  /**
+   * Replaces `holder`'s content with `el`, keeping keyboard focus on the same control (found
+   * again by its aria-label) so polling never throws a keyboard user out of a table.
+   */
+  function redraw(holder, el) {
+    const focused = holder.contains(document.activeElement) ? document.activeElement.getAttribute('aria-label') : null;
+    holder.replaceChildren(el);
+    if (focused === null) return;
+    const again = [...holder.querySelectorAll('[aria-label]')].find((x) => x.getAttribute('aria-label') === focused);
+    if (again && !again.disabled) again.focus();
+    else holder.closest('section').querySelector('h1').focus();
+  }
+
   function say(text) {
     $('live').textContent = text;
   }
@@ -432,16 +445,13 @@
         ]);
         pool = p;
         render();
-        // Not redrawn while focus is inside it, so a keyboard user does not lose their place.
         const t = table(`Desktops of pool ${name}`, cols);
         t.tbody.replaceChildren(...page.desktops.map((d) => row(cols, desktopRow(d), { 'data-desktop': d.name, 'data-state': d.state })));
-        if (!desktopsHolder.contains(document.activeElement) || !desktopsHolder.firstChild) {
-          desktopsHolder.replaceChildren(page.desktops.length ? t.el : h('p', { class: 'hint', text: 'No desktops.' }));
-        }
+        redraw(desktopsHolder, page.desktops.length ? t.el : h('p', { class: 'hint', text: 'No desktops.' }));
         next = page.next;
         prev.disabled = cursors.length === 0 && !after;
         nextB.disabled = !next;
-        if (!eventsHolder.contains(document.activeElement)) eventsHolder.replaceChildren(eventList(ev.events, false).el);
+        redraw(eventsHolder, eventList(ev.events, false).el);
         f.stamp();
       },
     };
@@ -544,7 +554,7 @@
             tk.revoked_at ? `revoked ${fmtTime(tk.revoked_at)}` : 'active',
             h('span', { class: 'inline' }, b, rerr)], { 'data-token': tk.name });
         }));
-        if (!holder.contains(document.activeElement) || !holder.firstChild) holder.replaceChildren(t.el);
+        redraw(holder, t.el);
         f.stamp();
       },
     };
