@@ -71,6 +71,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// PEM certificate chain (leaf first) to serve HTTPS with; with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -78,7 +82,19 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
+    }
+}
+
+impl HttpConfig {
+    /// The certificate and key files when TLS is configured (validation ensures both or none).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((
+            self.tls_cert_file.as_deref()?,
+            self.tls_key_file.as_deref()?,
+        ))
     }
 }
 
@@ -641,6 +657,21 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.http.max_body_bytes == 0 {
         return Err(invalid("http.max_body_bytes", "must be at least 1"));
     }
+    match (&cfg.http.tls_cert_file, &cfg.http.tls_key_file) {
+        (Some(_), None) => {
+            return Err(invalid(
+                "http.tls_key_file",
+                "missing: tls_cert_file is set, so set tls_key_file to its private key (PEM)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "http.tls_cert_file",
+                "missing: tls_key_file is set, so set tls_cert_file to its certificate (PEM)",
+            ))
+        }
+        _ => {}
+    }
     let db_url = cfg.database.url.expose_secret();
     match url::Url::parse(db_url) {
         // The URL is not echoed: it may hold a password.
@@ -807,6 +838,13 @@ mod tests {
                 "vcenters.{key} is not documented"
             );
         }
+        // Keys without a default are shown as an indented example.
+        for key in ["tls_cert_file", "tls_key_file"] {
+            assert!(
+                text.contains(&format!("#   {key} = ")),
+                "http.{key} is not documented"
+            );
+        }
     }
 
     #[test]
@@ -839,7 +877,7 @@ mod tests {
             .to_string();
         assert_eq!(
             msg,
-            "http.listen_addr: unknown key (expected `listen` or `max_body_bytes`)"
+            "http.listen_addr: unknown key (expected one of `listen`, `max_body_bytes`, `tls_cert_file`, `tls_key_file`)"
         );
         let msg = load_text("[htp]\n", &env(&[])).unwrap_err().to_string();
         assert!(msg.starts_with("htp: unknown key"), "{msg}");
@@ -928,6 +966,8 @@ mod tests {
             ("[log]\nlevel = \"info,[[\"\n", "log.level"),
             ("[reconciler]\nlease_ttl_secs = 0\n", "reconciler.lease_ttl_secs"),
             ("[http]\nlisten = \"nope\"\n", "http.listen"),
+            ("[http]\ntls_cert_file = \"/c.pem\"\n", "http.tls_key_file"),
+            ("[http]\ntls_key_file = \"/k.pem\"\n", "http.tls_cert_file"),
             (
                 "[[vcenters]]\nname = \"vc1\"\nurl = \"https://vc1/sdk\"\nusername = \"u\"\npassword = \"p\"\nthumbprint = \"zz\"\n",
                 "vcenters[0].thumbprint",

@@ -84,12 +84,25 @@ pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
 
     let mut app = App::new(http_addr);
     let stop = app.shutdown.clone();
-    app.spawn("http server", async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .context("http server failed")
-    });
+    let scheme = if let Some((cert, key)) = cfg.http.tls_files() {
+        let tls = crate::tls::server_config(crate::tls::read_identity(cert, key)?)?;
+        let listener = crate::tls::TlsListener::new(listener, tls).context("http.listen")?;
+        app.spawn("http server", async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("https server failed")
+        });
+        "https"
+    } else {
+        app.spawn("http server", async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("http server failed")
+        });
+        "http"
+    };
     let stop = app.shutdown.clone();
     app.spawn("reconciler", async move {
         reconciler.run(stop.clone()).await?;
@@ -98,7 +111,7 @@ pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
         Ok(())
     });
 
-    tracing::info!(addr = %http_addr, "http listener ready");
+    tracing::info!(addr = %http_addr, scheme, "http listener ready");
     Ok(app)
 }
 
