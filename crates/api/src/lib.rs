@@ -21,6 +21,7 @@ mod desktops;
 mod error;
 mod events;
 mod extract;
+mod gauges;
 mod metrics_setup;
 mod model;
 mod observe;

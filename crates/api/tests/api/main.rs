@@ -5,6 +5,7 @@ mod common;
 
 mod access;
 mod fuzz;
+mod gauges;
 mod input;
 mod logs;
 mod ops;
