@@ -87,20 +87,10 @@ pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
     let scheme = if let Some((cert, key)) = cfg.http.tls_files() {
         let tls = crate::tls::server_config(crate::tls::read_identity(cert, key)?)?;
         let listener = crate::tls::TlsListener::new(listener, tls).context("http.listen")?;
-        app.spawn("http server", async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .context("https server failed")
-        });
+        app.spawn("http server", serve_until(listener, router, stop));
         "https"
     } else {
-        app.spawn("http server", async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .context("http server failed")
-        });
+        app.spawn("http server", serve_until(listener, router, stop));
         "http"
     };
     let stop = app.shutdown.clone();
@@ -113,6 +103,22 @@ pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
 
     tracing::info!(addr = %http_addr, scheme, "http listener ready");
     Ok(app)
+}
+
+/// Serves the router on `listener` (plain TCP or TLS) until `stop` is cancelled.
+async fn serve_until<L>(
+    listener: L,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .context("http server failed")
 }
 
 /// `/readyz` reads the reconciler's role and vCenter sessions through this.

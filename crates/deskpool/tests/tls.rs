@@ -7,6 +7,21 @@ use deskpool_testkit::vcsim::{Vcsim, VcsimOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use support::{db_url, Serve};
 
+/// `deskpool check`: whether it passed, and what it printed.
+async fn check(config: &std::path::Path) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpool"))
+        .arg("--config")
+        .arg(config)
+        .arg("check")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
 async fn serves_https_with_the_configured_certificate_and_check_reports_its_expiry(
     _pool_opts: PgPoolOptions,
@@ -67,14 +82,7 @@ async fn serves_https_with_the_configured_certificate_and_check_reports_its_expi
     assert!(untrusting.is_err(), "an untrusted certificate was accepted");
     assert!(serve.child.try_wait().unwrap().is_none(), "serve died");
 
-    let check = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpool"))
-        .arg("--config")
-        .arg(&serve.config)
-        .arg("check")
-        .output()
-        .await
-        .unwrap();
-    let out = String::from_utf8_lossy(&check.stdout);
+    let (_, out) = check(&serve.config).await;
     let line = out
         .lines()
         .find(|l| l.contains(" tls: "))
@@ -87,15 +95,8 @@ async fn serves_https_with_the_configured_certificate_and_check_reports_its_expi
     old.not_before = rcgen::date_time_ymd(2020, 1, 1);
     old.not_after = rcgen::date_time_ymd(2021, 1, 1);
     std::fs::write(&cert_file, old.self_signed(&key).unwrap().pem()).unwrap();
-    let check = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpool"))
-        .arg("--config")
-        .arg(&serve.config)
-        .arg("check")
-        .output()
-        .await
-        .unwrap();
-    let out = String::from_utf8_lossy(&check.stdout);
-    assert!(!check.status.success());
+    let (passed, out) = check(&serve.config).await;
+    assert!(!passed);
     assert!(
         out.contains("FAIL tls: ") && out.contains("expired 2021-01-01 00:00:00Z: renew it"),
         "{out}"

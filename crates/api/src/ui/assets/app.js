@@ -232,18 +232,18 @@
     timer = setInterval(tick, POLL_MS);
   }
 
-  let busy = false;
+  /** Refreshes the view on screen; a slow answer is not overtaken by the next poll. */
   async function tick() {
     const v = current;
-    if (!v || busy) return;
-    busy = true;
+    if (!v || v.busy) return;
+    v.busy = true;
     try {
       await v.refresh();
       if (v === current) v.problem.textContent = '';
     } catch (e) {
       if (v === current && e.status !== 401) v.problem.textContent = e.message;
     } finally {
-      busy = false;
+      v.busy = false;
     }
   }
 
