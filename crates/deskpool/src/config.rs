@@ -75,6 +75,10 @@ pub struct HttpConfig {
     pub max_concurrent_requests: usize,
     /// A request not answered within this many seconds (waiting included) gets 503.
     pub request_timeout_secs: u64,
+    /// PEM certificate chain (leaf first) to serve HTTPS with; with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -84,7 +88,19 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 256,
             request_timeout_secs: 30,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
+    }
+}
+
+impl HttpConfig {
+    /// The certificate and key files when TLS is configured (validation ensures both or none).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((
+            self.tls_cert_file.as_deref()?,
+            self.tls_key_file.as_deref()?,
+        ))
     }
 }
 
@@ -678,6 +694,21 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.http.max_body_bytes == 0 {
         return Err(invalid("http.max_body_bytes", "must be at least 1"));
     }
+    match (&cfg.http.tls_cert_file, &cfg.http.tls_key_file) {
+        (Some(_), None) => {
+            return Err(invalid(
+                "http.tls_key_file",
+                "missing: tls_cert_file is set, so set tls_key_file to its private key (PEM)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "http.tls_cert_file",
+                "missing: tls_key_file is set, so set tls_cert_file to its certificate (PEM)",
+            ))
+        }
+        _ => {}
+    }
     let db_url = cfg.database.url.expose_secret();
     match url::Url::parse(db_url) {
         // The URL is not echoed: it may hold a password.
@@ -863,6 +894,13 @@ mod tests {
                 "vcenters.{key} is not documented"
             );
         }
+        // Keys without a default are shown as an indented example.
+        for key in ["tls_cert_file", "tls_key_file"] {
+            assert!(
+                text.contains(&format!("#   {key} = ")),
+                "http.{key} is not documented"
+            );
+        }
     }
 
     #[test]
@@ -895,7 +933,7 @@ mod tests {
             .to_string();
         assert_eq!(
             msg,
-            "http.listen_addr: unknown key (expected one of `listen`, `max_body_bytes`, `max_concurrent_requests`, `request_timeout_secs`)"
+            "http.listen_addr: unknown key (expected one of `listen`, `max_body_bytes`, `max_concurrent_requests`, `request_timeout_secs`, `tls_cert_file`, `tls_key_file`)"
         );
         let msg = load_text("[htp]\n", &env(&[])).unwrap_err().to_string();
         assert!(msg.starts_with("htp: unknown key"), "{msg}");
@@ -984,6 +1022,8 @@ mod tests {
             ("[log]\nlevel = \"info,[[\"\n", "log.level"),
             ("[reconciler]\nlease_ttl_secs = 0\n", "reconciler.lease_ttl_secs"),
             ("[http]\nlisten = \"nope\"\n", "http.listen"),
+            ("[http]\ntls_cert_file = \"/c.pem\"\n", "http.tls_key_file"),
+            ("[http]\ntls_key_file = \"/k.pem\"\n", "http.tls_cert_file"),
             (
                 "[[vcenters]]\nname = \"vc1\"\nurl = \"https://vc1/sdk\"\nusername = \"u\"\npassword = \"p\"\nthumbprint = \"zz\"\n",
                 "vcenters[0].thumbprint",
