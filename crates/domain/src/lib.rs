@@ -10,7 +10,7 @@ mod spec;
 mod state;
 
 pub use naming::{NamingError, NamingPattern};
-pub use plan::{plan, DesktopView, Plan, PlanInput};
+pub use plan::{plan, PlanDesktop, Plan, PlanInput};
 pub use spec::{is_slug, GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
 pub use state::{DesktopState, EventKind, PoolState, UnknownState};
 

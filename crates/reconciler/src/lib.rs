@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::Error;
-pub use status::{Role, StatusHandle, VcenterStatus};
+pub use status::{Leadership, StatusHandle};
+pub use vcenter::VcenterStatus;
 use tokio_util::sync::CancellationToken;
 
 /// The actor name recorded on events the reconciler writes.
