@@ -9,7 +9,8 @@ use deskpool_store::{events, lease};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{self, Ctx};
+use crate::context::Ctx;
+use crate::controller;
 use crate::status::{Leadership, StatusHandle};
 use crate::vcenter::Vcenter;
 use crate::{Error, ReconcilerConfig, ACTOR, LEASE};

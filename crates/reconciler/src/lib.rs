@@ -10,22 +10,28 @@
 //! Only the replica holding the leader lease runs passes; every write it makes checks the
 //! lease's fencing token in the same transaction.
 
+mod compare;
+mod conditions;
+mod context;
 mod controller;
 mod error;
 mod inventory;
 mod leader;
-mod pass;
+mod policy;
+mod reconcile;
+mod scheduler;
+mod sources;
 mod status;
+mod steps;
 mod vcenter;
-mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::Error;
 pub use status::{Leadership, StatusHandle};
-pub use vcenter::VcenterStatus;
 use tokio_util::sync::CancellationToken;
+pub use vcenter::VcenterStatus;
 
 /// The actor name recorded on events the reconciler writes.
 pub const ACTOR: &str = "reconciler";

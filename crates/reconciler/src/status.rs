@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::vcenter::Vcenter;
+use crate::vcenter::{Vcenter, VcenterStatus};
 
 /// This replica's part in the leader election.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -14,17 +14,6 @@ pub enum Leadership {
     Leader,
     /// Another replica holds the lease; this one serves the API and waits.
     Standby,
-}
-
-/// One vCenter's session state.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct VcenterStatus {
-    /// Configured name.
-    pub name: String,
-    /// A session is up and the last call reached vCenter.
-    pub connected: bool,
-    /// The last connection problem, if any.
-    pub error: Option<String>,
 }
 
 /// Cheap, cloneable view of the reconciler's condition.
