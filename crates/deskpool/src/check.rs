@@ -61,13 +61,13 @@ pub async fn check(cfg: &Config) -> anyhow::Result<bool> {
             report.fail("database", format!("{e:#}"));
             Vec::new()
         }
-        Ok(pool) => {
+        Ok(db) => {
             report.ok(
                 "database",
                 format!("connected to {}", cfg.database.redacted_url()),
             );
-            let pools = check_database(&pool, cfg, &mut report).await;
-            pool.close().await;
+            let pools = check_database(&db, cfg, &mut report).await;
+            db.close().await;
             pools
         }
     };
@@ -123,8 +123,8 @@ fn check_tls(
 }
 
 /// Checks the schema is current and every pool names a configured vCenter; returns the pools.
-async fn check_database(pool: &PgPool, cfg: &Config, report: &mut Report) -> Vec<PoolSpec> {
-    let mut conn = match pool.acquire().await {
+async fn check_database(db: &PgPool, cfg: &Config, report: &mut Report) -> Vec<PoolSpec> {
+    let mut conn = match db.acquire().await {
         Ok(c) => c,
         Err(e) => {
             report.fail("migrations", format!("cannot read: {e}"));

@@ -56,7 +56,7 @@ pub struct Config {
     /// `[log]`: log format and level.
     pub log: LogConfig,
     /// `[reconciler]`: timing and concurrency of the reconcile loop.
-    pub reconciler: ReconcilerConfig,
+    pub reconciler: ReconcilerSection,
     /// `[[vcenters]]`: the vCenter connections pools may name.
     pub vcenters: Vec<VcenterConfig>,
     /// The file the configuration was read from, if any.
@@ -181,10 +181,10 @@ impl Default for LogConfig {
     }
 }
 
-/// `[reconciler]`
+/// The `[reconciler]` section of the config file, as written (see `tunables()`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ReconcilerConfig {
+pub struct ReconcilerSection {
     /// Full comparison of the database with each vCenter's inventory this often.
     pub resync_interval_secs: u64,
     /// How long the leader lease lasts without renewal (renewed every third of it).
@@ -200,7 +200,7 @@ pub struct ReconcilerConfig {
     pub backoff_max_secs: u64,
 }
 
-impl Default for ReconcilerConfig {
+impl Default for ReconcilerSection {
     fn default() -> Self {
         Self {
             resync_interval_secs: 300,
@@ -287,7 +287,7 @@ impl VcenterConfig {
     }
 }
 
-impl ReconcilerConfig {
+impl ReconcilerSection {
     /// The reconciler's tunables.
     pub fn tunables(&self) -> deskpool_reconciler::ReconcilerConfig {
         use std::time::Duration;
@@ -366,7 +366,7 @@ struct FileConfig {
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
-    reconciler: ReconcilerConfig,
+    reconciler: ReconcilerSection,
     #[serde(default)]
     vcenters: Vec<VcenterFile>,
 }
@@ -814,7 +814,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let cfg = load_text("", &env(&[])).unwrap();
         assert_eq!(cfg.http, HttpConfig::default());
-        assert_eq!(cfg.reconciler, ReconcilerConfig::default());
+        assert_eq!(cfg.reconciler, ReconcilerSection::default());
         assert_eq!(cfg.log, LogConfig::default());
         assert_eq!(
             cfg.database.redacted_url(),
@@ -848,7 +848,7 @@ mod tests {
         }
         let cfg = load_text(&enabled, &env(&[])).unwrap();
         assert_eq!(cfg.http, HttpConfig::default());
-        assert_eq!(cfg.reconciler, ReconcilerConfig::default());
+        assert_eq!(cfg.reconciler, ReconcilerSection::default());
         assert_eq!(cfg.log, LogConfig::default());
         assert_eq!(
             cfg.database.url.expose_secret(),

@@ -143,12 +143,12 @@ struct ReconcilerHealth(deskpool_reconciler::StatusHandle);
 
 impl deskpool_api::Health for ReconcilerHealth {
     fn snapshot(&self) -> HealthSnapshot {
-        use deskpool_reconciler::Role;
+        use deskpool_reconciler::Leadership;
         HealthSnapshot {
             role: match self.0.role() {
-                Role::Leader => ReplicaRole::Leader,
-                Role::Standby => ReplicaRole::Standby,
-                Role::Starting => ReplicaRole::Starting,
+                Leadership::Leader => ReplicaRole::Leader,
+                Leadership::Standby => ReplicaRole::Standby,
+                Leadership::Starting => ReplicaRole::Starting,
             },
             vcenters: self
                 .0

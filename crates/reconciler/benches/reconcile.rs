@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use deskpool_domain::{GuestOs, PoolSpec};
-use deskpool_reconciler::{Reconciler, ReconcilerConfig, Role, StatusHandle, VcenterSpec};
+use deskpool_reconciler::{Leadership, Reconciler, ReconcilerConfig, StatusHandle, VcenterSpec};
 use deskpool_store::pools;
 use deskpool_testkit::vcsim::{Stats, Vcsim, VcsimOptions};
 use deskpool_vsphere::ClientOptions;
@@ -260,7 +260,8 @@ impl Running {
         };
         // Leader with a vCenter session: measurements start from a warm daemon.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !(r.status.role() == Role::Leader && r.status.vcenters().iter().all(|v| v.connected))
+        while !(r.status.role() == Leadership::Leader
+            && r.status.vcenters().iter().all(|v| v.connected))
         {
             assert!(
                 Instant::now() < deadline,

@@ -7,11 +7,21 @@ use deskpool_vsphere::{Client, MoRef, VmExpect};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::status::VcenterStatus;
 use crate::VcenterSpec;
 
 /// Power-on operations in flight per vCenter, as Horizon's default.
 const MAX_CONCURRENT_POWER_ON: usize = 50;
+
+/// One vCenter's session state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VcenterStatus {
+    /// Configured name.
+    pub name: String,
+    /// A session is up and the last call reached vCenter.
+    pub connected: bool,
+    /// The last connection problem, if any.
+    pub error: Option<String>,
+}
 
 /// A vCenter connection shared by every pool on it.
 #[derive(Debug)]

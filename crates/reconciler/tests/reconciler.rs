@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use deskpool_domain::{DesktopState, PoolState};
-use deskpool_reconciler::Role;
+use deskpool_reconciler::Leadership;
 use deskpool_store::pools;
 use deskpool_testkit::vcsim::{Vcsim, VcsimOptions};
 use rand::Rng;
@@ -307,15 +307,15 @@ async fn two_replicas_one_leader_and_takeover(pool_opts: PgPoolOptions, opts: Pg
         "two replicas cloned the same desktops"
     );
     let mut replicas = [a, b];
-    let roles: Vec<Role> = replicas.iter().map(|r| r.status.role()).collect();
-    let leader = roles.iter().position(|r| *r == Role::Leader);
+    let roles: Vec<Leadership> = replicas.iter().map(|r| r.status.role()).collect();
+    let leader = roles.iter().position(|r| *r == Leadership::Leader);
     let leader = leader.unwrap_or_else(|| panic!("no leader: {roles:?}"));
-    assert_eq!(roles[1 - leader], Role::Standby, "{roles:?}");
+    assert_eq!(roles[1 - leader], Leadership::Standby, "{roles:?}");
     // Kill the leader like kill -9; the standby takes over and handles the next change.
     replicas[leader].crash();
     let standby = &replicas[1 - leader];
     eventually("standby to take over", || async {
-        (standby.status.role() == Role::Leader).then_some(())
+        (standby.status.role() == Leadership::Leader).then_some(())
     })
     .await;
     set_target(&db, "lab", 14).await;
