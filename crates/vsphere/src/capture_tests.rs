@@ -1,9 +1,11 @@
 //! Unit tests on real pyVmomi <-> govmomi-simulator captures (tests/fixtures), plus the same
 //! documents rewritten to vCenter's `xsi:type` spelling.
 
-use crate::error::{Error, FaultKind};
+use crate::base::{MoRef, PowerState};
+use crate::error::Error;
+use crate::fault::FaultKind;
 use crate::soap::{self, req};
-use crate::types::{LinkedCloneSpec, MoRef, PowerState, TaskState};
+use crate::types::{LinkedCloneSpec, TaskState};
 use crate::xml;
 
 macro_rules! fixture {

@@ -40,8 +40,12 @@
 //! # }
 //! ```
 
+mod base;
 mod client;
 mod error;
+mod fault;
+mod options;
+mod session;
 mod soap;
 mod tls;
 mod types;
@@ -52,12 +56,13 @@ mod xml;
 #[cfg(test)]
 mod capture_tests;
 
-pub use client::{Client, ClientOptions};
-pub use error::{Error, Fault, FaultKind};
+pub use base::{MoRef, PowerState};
+pub use client::Client;
+pub use error::Error;
+pub use fault::{Fault, FaultKind};
+pub use options::ClientOptions;
 pub use tls::TlsOptions;
-pub use types::{
-    About, CustomizationSpecXml, LinkedCloneSpec, MoRef, PowerState, TaskInfo, TaskState, VmInfo,
-};
+pub use types::{About, CustomizationSpecXml, LinkedCloneSpec, TaskInfo, TaskState, VmInfo};
 pub use vm_watch::{VmChange, VmEvent, VmExpect, VmWatch};
 
 /// Response parsing entry points, exposed for fuzzing and benchmarks only: not a stable API.

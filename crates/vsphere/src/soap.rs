@@ -4,8 +4,10 @@
 
 use std::borrow::Cow;
 
-use crate::error::{Error, Fault, FaultKind};
-use crate::types::{About, CustomizationSpecXml, MoRef, PowerState, TaskInfo, TaskState, VmInfo};
+use crate::base::{MoRef, PowerState};
+use crate::error::Error;
+use crate::fault::{Fault, FaultKind};
+use crate::types::{About, CustomizationSpecXml, TaskInfo, TaskState, VmInfo};
 use crate::xml::{self, Node, Writer};
 
 const ENVELOPE_HEAD: &str = concat!(

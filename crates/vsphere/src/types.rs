@@ -1,35 +1,9 @@
 //! Plain data types exchanged with callers.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-use crate::error::Fault;
-
-/// A managed object reference: the vSphere type and the server-side id.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-pub struct MoRef {
-    /// Managed object type, e.g. `VirtualMachine`, `Task`.
-    pub kind: String,
-    /// Server-side id, e.g. `vm-42`.
-    pub value: String,
-}
-
-impl MoRef {
-    /// Build a reference from its type and id.
-    pub fn new(kind: impl Into<String>, value: impl Into<String>) -> Self {
-        Self {
-            kind: kind.into(),
-            value: value.into(),
-        }
-    }
-}
-
-impl fmt::Display for MoRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.value)
-    }
-}
+use crate::base::{MoRef, PowerState};
+use crate::fault::Fault;
 
 /// Product information from the ServiceContent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,28 +16,6 @@ pub struct About {
     pub instance_uuid: String,
     /// "VirtualCenter" or "HostAgent".
     pub api_type: String,
-}
-
-/// Power state of a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum PowerState {
-    /// `poweredOn`.
-    PoweredOn,
-    /// `poweredOff`.
-    PoweredOff,
-    /// `suspended`.
-    Suspended,
-}
-
-impl PowerState {
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s {
-            "poweredOn" => Some(Self::PoweredOn),
-            "poweredOff" => Some(Self::PoweredOff),
-            "suspended" => Some(Self::Suspended),
-            _ => None,
-        }
-    }
 }
 
 /// What deskpool reads about a VM.

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::client::{Client, Inner};
+use crate::base::{MoRef, PowerState};
 use crate::error::Error;
+use crate::session::Session;
 use crate::soap::{self, req};
-use crate::types::{MoRef, PowerState};
 use crate::xml::Writer;
 
 /// What happened to a VM.
@@ -34,20 +34,14 @@ pub struct VmEvent {
     pub change: VmChange,
 }
 
-impl Client {
-    /// Streams changes to the VMs of the whole inventory, in batches, until the [`VmWatch`]
-    /// is dropped. The first batch after a start or a re-login lists every VM as
-    /// [`VmChange::Present`]. While nothing changes this costs one long poll per
-    /// `maxWaitSeconds` (two thirds of the call timeout); while VMs change, at most one call
-    /// a second.
-    pub fn watch_vms(&self) -> VmWatch {
-        let (tx, rx) = mpsc::channel(16);
-        let (expect_tx, expect_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(Arc::clone(&self.inner), tx, expect_rx));
-        VmWatch {
-            rx,
-            expect: VmExpect(expect_tx),
-        }
+/// Starts the watch task (see [`crate::Client::watch_vms`]).
+pub(crate) fn start(session: Arc<Session>) -> VmWatch {
+    let (tx, rx) = mpsc::channel(16);
+    let (expect_tx, expect_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(session, tx, expect_rx));
+    VmWatch {
+        rx,
+        expect: VmExpect(expect_tx),
     }
 }
 
@@ -98,13 +92,13 @@ struct Watch {
     generation: u64,
 }
 
-async fn setup(inner: &Inner) -> Result<Watch, Error> {
-    let generation = inner.session_generation();
-    let content = &inner.content;
+async fn setup(session: &Session) -> Result<Watch, Error> {
+    let generation = session.session_generation();
+    let content = &session.content;
     const CPC: &str = "CreatePropertyCollector";
     let mut w = Writer::new();
     w.moref("_this", &content.property_collector);
-    let pc = soap::parse_moref(CPC, &inner.call(CPC, w.finish()).await?.body()?)?;
+    let pc = soap::parse_moref(CPC, &session.call(CPC, w.finish()).await?.body()?)?;
 
     const CCV: &str = "CreateContainerView";
     let mut w = Writer::new();
@@ -112,14 +106,14 @@ async fn setup(inner: &Inner) -> Result<Watch, Error> {
         .moref("container", &content.root_folder)
         .text("type", "VirtualMachine")
         .boolean("recursive", true);
-    let view = soap::parse_moref(CCV, &inner.call(CCV, w.finish()).await?.body()?)?;
+    let view = soap::parse_moref(CCV, &session.call(CCV, w.finish()).await?.body()?)?;
 
     const CF: &str = "CreateFilter";
     let mut w = Writer::new();
     w.moref("_this", &pc).open("spec");
     req::filter_spec_view(&mut w, "VirtualMachine", &["runtime.powerState"], &view);
     w.close("spec").boolean("partialUpdates", false);
-    inner.call(CF, w.finish()).await?;
+    session.call(CF, w.finish()).await?;
     Ok(Watch {
         pc,
         view,
@@ -129,12 +123,12 @@ async fn setup(inner: &Inner) -> Result<Watch, Error> {
 }
 
 /// `soon`: answer within a second even if nothing changes (announced VMs wait for a verdict).
-async fn poll(inner: &Inner, watch: &mut Watch, soon: bool) -> Result<Vec<VmEvent>, Error> {
+async fn poll(session: &Session, watch: &mut Watch, soon: bool) -> Result<Vec<VmEvent>, Error> {
     const M: &str = "WaitForUpdatesEx";
     let max_wait = if soon {
         1
     } else {
-        (inner.call_timeout.as_secs() * 2 / 3).clamp(1, 60)
+        (session.call_timeout.as_secs() * 2 / 3).clamp(1, 60)
     };
     let mut w = Writer::new();
     w.moref("_this", &watch.pc);
@@ -144,7 +138,7 @@ async fn poll(inner: &Inner, watch: &mut Watch, soon: bool) -> Result<Vec<VmEven
     w.open("options")
         .text("maxWaitSeconds", &max_wait.to_string())
         .close("options");
-    let resp = inner.call(M, w.finish()).await?;
+    let resp = session.call(M, w.finish()).await?;
     let (version, updates) = soap::parse_update_set(resp.body()?)?;
     if let Some(v) = version {
         watch.version = v;
@@ -172,7 +166,7 @@ async fn poll(inner: &Inner, watch: &mut Watch, soon: bool) -> Result<Vec<VmEven
 }
 
 async fn run(
-    inner: Arc<Inner>,
+    session: Arc<Session>,
     tx: mpsc::Sender<Vec<VmEvent>>,
     mut expect_rx: mpsc::UnboundedReceiver<MoRef>,
 ) {
@@ -189,13 +183,13 @@ async fn run(
         let step = async {
             if watch
                 .as_ref()
-                .is_none_or(|w| w.generation != inner.session_generation())
+                .is_none_or(|w| w.generation != session.session_generation())
             {
-                watch = Some(setup(&inner).await?);
+                watch = Some(setup(&session).await?);
                 known.clear();
             }
             match watch.as_mut() {
-                Some(w) => poll(&inner, w, !to_check.is_empty()).await,
+                Some(w) => poll(&session, w, !to_check.is_empty()).await,
                 None => Ok(Vec::new()),
             }
         };
@@ -238,7 +232,7 @@ async fn run(
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "VM watch failed; starting it again");
                 // Rebuild from scratch: the collector may belong to an expired session.
                 if let Some(old) = watch.take() {
-                    inner.discard_watch(old.generation, old.pc, old.view);
+                    session.discard_watch(old.generation, old.pc, old.view);
                 }
                 tokio::select! {
                     _ = tx.closed() => return,

@@ -20,10 +20,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::Inner;
-use crate::error::{Error, Fault, FaultKind};
+use crate::base::MoRef;
+use crate::error::Error;
+use crate::fault::{Fault, FaultKind};
+use crate::session::Session;
 use crate::soap::{self, req, ObjectUpdate};
-use crate::types::{MoRef, TaskInfo, TaskState};
+use crate::types::{TaskInfo, TaskState};
 use crate::xml::{Node, Writer};
 
 /// Registrations arriving within this window share one `ModifyListView`.
@@ -68,7 +70,7 @@ struct ServerSide {
 }
 
 struct Watcher {
-    inner: Arc<Inner>,
+    session: Arc<Session>,
     waiters: HashMap<MoRef, Vec<Reply>>,
     /// When each waited-for task was last heard of (registered, reported, or read directly).
     heard: HashMap<MoRef, tokio::time::Instant>,
@@ -77,10 +79,10 @@ struct Watcher {
     failures: u32,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-    let mut reconnects = inner_reconnects(&inner);
+pub(crate) async fn run(session: Arc<Session>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    let mut reconnects = inner_reconnects(&session);
     let mut w = Watcher {
-        inner,
+        session,
         waiters: HashMap::new(),
         heard: HashMap::new(),
         known: HashMap::new(),
@@ -107,8 +109,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Cmd>)
     }
 }
 
-fn inner_reconnects(inner: &Inner) -> tokio::sync::watch::Receiver<u64> {
-    inner.reconnects()
+fn inner_reconnects(session: &Session) -> tokio::sync::watch::Receiver<u64> {
+    session.reconnects()
 }
 
 impl Watcher {
@@ -134,7 +136,7 @@ impl Watcher {
     /// per stretch of silence.
     async fn read_silent(&mut self) {
         let now = tokio::time::Instant::now();
-        let silence = self.inner.task_silence;
+        let silence = self.session.task_silence;
         let silent: Vec<MoRef> = self
             .heard
             .iter()
@@ -143,7 +145,7 @@ impl Watcher {
             .collect();
         for task in silent {
             self.heard.insert(task.clone(), now);
-            match self.inner.task_info(&task).await {
+            match self.session.task_info(&task).await {
                 Ok(info) if info.state.is_finished() => {
                     tracing::warn!(%task, state = ?info.state, "task finished without the property collector reporting it; read it directly");
                     self.known.insert(
@@ -177,7 +179,7 @@ impl Watcher {
 
     /// When the longest-silent waited-for task reaches `task_silence`.
     fn next_silence_check(&self) -> tokio::time::Instant {
-        let silence = self.inner.task_silence;
+        let silence = self.session.task_silence;
         self.heard
             .values()
             .min()
@@ -203,7 +205,7 @@ impl Watcher {
         rx: &mut mpsc::UnboundedReceiver<Cmd>,
         reconnects: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Result<(), Error> {
-        let generation = self.inner.session_generation();
+        let generation = self.session.session_generation();
         if self
             .server
             .as_ref()
@@ -218,9 +220,9 @@ impl Watcher {
         let server = self.server.as_ref().ok_or(Error::Closed)?;
         let pc = server.pc.clone();
         let version = server.version.clone();
-        let inner = Arc::clone(&self.inner);
+        let session = Arc::clone(&self.session);
         // maxWaitSeconds stays well below the HTTP timeout of the call.
-        let max_wait = (inner.call_timeout.as_secs() * 2 / 3).clamp(1, 60);
+        let max_wait = (session.call_timeout.as_secs() * 2 / 3).clamp(1, 60);
         let wait = async move {
             let mut w = Writer::new();
             w.moref("_this", &pc);
@@ -230,7 +232,7 @@ impl Watcher {
             w.open("options")
                 .text("maxWaitSeconds", &max_wait.to_string())
                 .close("options");
-            inner.call("WaitForUpdatesEx", w.finish()).await
+            session.call("WaitForUpdatesEx", w.finish()).await
         };
         tokio::pin!(wait);
         loop {
@@ -276,23 +278,23 @@ impl Watcher {
     async fn setup(&mut self, generation: u64) -> Result<(), Error> {
         self.server = None;
         self.known.clear();
-        let content = &self.inner.content;
+        let content = &self.session.content;
         const CPC: &str = "CreatePropertyCollector";
         let mut w = Writer::new();
         w.moref("_this", &content.property_collector);
-        let pc = soap::parse_moref(CPC, &self.inner.call(CPC, w.finish()).await?.body()?)?;
+        let pc = soap::parse_moref(CPC, &self.session.call(CPC, w.finish()).await?.body()?)?;
 
         const CLV: &str = "CreateListView";
         let mut w = Writer::new();
         w.moref("_this", &content.view_manager);
-        let view = soap::parse_moref(CLV, &self.inner.call(CLV, w.finish()).await?.body()?)?;
+        let view = soap::parse_moref(CLV, &self.session.call(CLV, w.finish()).await?.body()?)?;
 
         const CF: &str = "CreateFilter";
         let mut w = Writer::new();
         w.moref("_this", &pc).open("spec");
         req::filter_spec_view(&mut w, "Task", TASK_PROPS, &view);
         w.close("spec").boolean("partialUpdates", false);
-        self.inner.call(CF, w.finish()).await?;
+        self.session.call(CF, w.finish()).await?;
         tracing::debug!(collector = %pc, view = %view, "task watcher ready");
         self.server = Some(ServerSide {
             generation,
@@ -335,7 +337,7 @@ impl Watcher {
             for t in &stale {
                 w.moref("remove", t);
             }
-            match self.inner.call(M, w.finish()).await {
+            match self.session.call(M, w.finish()).await {
                 Ok(resp) => {
                     let body = resp.body()?;
                     for t in &stale {
@@ -439,10 +441,10 @@ impl Watcher {
         let relogged = self
             .server
             .as_ref()
-            .is_some_and(|s| s.generation != self.inner.session_generation());
+            .is_some_and(|s| s.generation != self.session.session_generation());
         // Whatever failed, the server-side objects are suspect: rebuild them.
         if let Some(old) = self.server.take() {
-            self.inner.discard_watch(old.generation, old.pc, old.view);
+            self.session.discard_watch(old.generation, old.pc, old.view);
         }
         if relogged {
             tracing::debug!("task watcher rebuilding its filter after a re-login");
@@ -453,7 +455,7 @@ impl Watcher {
         if self.failures >= MAX_FAILURES {
             let detail = e.to_string();
             let transient = e.is_transient();
-            let url = self.inner.url_display.clone();
+            let url = self.session.url_display.clone();
             self.fail_all(|| {
                 if transient {
                     Error::Transport {
