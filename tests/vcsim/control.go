@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"reflect"
 	"sort"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
@@ -23,8 +26,13 @@ import (
 //	POST /stats/reset      zero counters and maxima
 //	POST /sessions/expire  terminate all SOAP sessions ({"expired":n})
 //	GET|POST /config       {"clone_delay_ms","power_delay_ms","clone_fail_rate","fail_leave_vm_rate"} (any subset)
+//	POST /password         {"password":"new"}: later Logins need it (a rotated password);
+//	                       sessions already open stay valid
 //	POST /snapshots/remove remove all snapshots of the golden VM
 //	POST /folders          {"name":"pool-a"} -> {"moref","created","path"} (DC0/vm/NAME, idempotent)
+//	GET  /session-objects  {"PropertyCollector":n,"ContainerView":n,"ListView":n,...}: objects
+//	                       that live in SOAP sessions (made by CreatePropertyCollector,
+//	                       CreateContainerView, CreateListView), counted over every session
 //	GET  /vms[?folder=X]   [{name,moref,power_state,instance_uuid,extra_config,folder,folder_moref,
 //	                       snapshots,current_snapshot}] (X = folder name or moref)
 func (h *harness) controlMux() http.Handler {
@@ -33,8 +41,10 @@ func (h *harness) controlMux() http.Handler {
 	mux.HandleFunc("/stats/reset", h.only(http.MethodPost, h.handleResetStats))
 	mux.HandleFunc("/sessions/expire", h.only(http.MethodPost, h.handleExpireSessions))
 	mux.HandleFunc("/config", h.handleConfig)
+	mux.HandleFunc("/password", h.only(http.MethodPost, h.handleSetPassword))
 	mux.HandleFunc("/snapshots/remove", h.only(http.MethodPost, h.handleRemoveSnapshots))
 	mux.HandleFunc("/folders", h.only(http.MethodPost, h.handleCreateFolder))
+	mux.HandleFunc("/session-objects", h.only(http.MethodGet, h.handleSessionObjects))
 	mux.HandleFunc("/vms", h.only(http.MethodGet, h.handleVMs))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]bool{"ok": true}) })
 	return mux
@@ -187,6 +197,22 @@ func (h *harness) handleConfig(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// handleSetPassword changes the password the simulator's Login accepts (it reads
+// Service.Listen.User on every Login).
+func (h *harness) handleSetPassword(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Password string `json:"password"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Password == "" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("body must be {\"password\":\"...\"}"))
+		return
+	}
+	h.mu.Lock()
+	h.setPassword(in.Password)
+	h.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
 func (h *harness) handleRemoveSnapshots(w http.ResponseWriter, r *http.Request) {
 	res, err := methods.RemoveAllSnapshots_Task(r.Context(), h.client, &types.RemoveAllSnapshots_Task{This: h.golden})
 	if err != nil {
@@ -280,4 +306,26 @@ func countSnapshots(l []types.VirtualMachineSnapshotTree) int {
 		n += 1 + countSnapshots(s.ChildSnapshotList)
 	}
 	return n
+}
+
+// handleSessionObjects counts the objects kept in each session's own registry. govmomi
+// 0.24.2 exposes neither the session map nor a registry's objects, so this reads them with
+// reflection (test harness only), taking each registry's lock as Registry.All does.
+func (h *harness) handleSessionObjects(w http.ResponseWriter, _ *http.Request) {
+	counts := map[string]int{}
+	sessions := reflect.ValueOf(simulator.Map.SessionManager()).Elem().FieldByName("sessions")
+	for _, key := range sessions.MapKeys() {
+		reg := sessions.MapIndex(key).FieldByName("Registry")
+		if reg.IsNil() {
+			continue
+		}
+		r := reg.Elem()
+		mu := (*sync.Mutex)(unsafe.Pointer(r.FieldByName("m").UnsafeAddr()))
+		mu.Lock()
+		for _, ref := range r.FieldByName("objects").MapKeys() {
+			counts[ref.FieldByName("Type").String()]++
+		}
+		mu.Unlock()
+	}
+	writeJSON(w, http.StatusOK, counts)
 }

@@ -75,6 +75,9 @@ type harness struct {
 	reserved map[nameKey]bool // clone names in flight per folder
 
 	pages *pager // RetrievePropertiesEx results not yet read (paging.go)
+
+	// setPassword replaces the password Login accepts (called under mu).
+	setPassword func(string)
 }
 
 func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {

@@ -80,6 +80,9 @@ impl Vcenter {
             connected,
             error: if connected {
                 None
+            } else if let Some(why) = self.client().and_then(|c| c.login_failure()) {
+                // A refused login (rotated password) is this vCenter's problem, not a clone's.
+                Some(why)
             } else if self.client().is_some() {
                 Some(
                     "the last call to vCenter failed (unreachable?); see the log for the error"

@@ -308,6 +308,13 @@ impl Vcsim {
         self.post("/config", cfg).await;
     }
 
+    /// Changes the password later `Login`s need (a password rotated on vCenter); open
+    /// sessions stay valid. `self.password` keeps the start-up one.
+    pub async fn set_password(&self, password: &str) {
+        self.post("/password", serde_json::json!({ "password": password }))
+            .await;
+    }
+
     /// Removes every snapshot of the golden VM (clones naming one then fail
     /// with `ManagedObjectNotFound`).
     pub async fn remove_snapshots(&self) {

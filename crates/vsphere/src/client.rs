@@ -96,6 +96,17 @@ impl Client {
             && self.session.connected.load(Ordering::Relaxed)
     }
 
+    /// Why the session cannot log in again (wrong password, vCenter refusing logins), with
+    /// when the next attempt is due; None while logins work. A failed login is a problem of
+    /// this vCenter connection, not of whatever call needed it.
+    pub fn login_failure(&self) -> Option<String> {
+        self.session
+            .login_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Product name, API version and instance UUID of the vCenter.
     pub fn about(&self) -> &About {
         &self.session.content.about

@@ -40,11 +40,36 @@ pub(crate) struct Session {
     pub(crate) closed: AtomicBool,
     pub(crate) last_activity: Mutex<Instant>,
     pub(crate) session_gen: AtomicU64,
-    pub(crate) relogin_lock: tokio::sync::Mutex<()>,
+    /// One login attempt at a time, shared by every caller, with backoff after failures.
+    pub(crate) login_gate: tokio::sync::Mutex<LoginGate>,
+    /// Why the last login failed (None once one succeeds), for health reports.
+    pub(crate) login_failure: Mutex<Option<String>>,
     pub(crate) reconnect_tx: watch::Sender<u64>,
 }
 
 const SOAP_ACTION: &str = "urn:vim25/6.5";
+
+/// Wait after the first failed login; doubles with each further failure. With a wrong
+/// password that is 5 attempts in the first minute (0, 2, 6, 14, 30 s), then fewer:
+/// account lockout policies count failed logins, and every caller waiting on a session is
+/// answered by the same attempt.
+const LOGIN_BACKOFF_FIRST: Duration = Duration::from_secs(2);
+const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// State of the login attempts of one session.
+#[derive(Debug, Default)]
+pub(crate) struct LoginGate {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last: Option<LoginFailure>,
+}
+
+/// A failed login, kept to answer the callers that come during the backoff.
+#[derive(Debug, Clone)]
+enum LoginFailure {
+    Fault(Fault),
+    Other(String),
+}
 
 /// A successful response body, parsed on demand so large results are read once, into
 /// strings that borrow from it.
@@ -113,7 +138,8 @@ impl Session {
             closed: AtomicBool::new(false),
             last_activity: Mutex::new(Instant::now()),
             session_gen: AtomicU64::new(0),
-            relogin_lock: tokio::sync::Mutex::new(()),
+            login_gate: tokio::sync::Mutex::new(LoginGate::default()),
+            login_failure: Mutex::new(None),
             reconnect_tx,
         });
         session.login().await?;
@@ -226,8 +252,11 @@ impl Session {
         // SOAP faults come as HTTP 500; anything else is a proxy or server problem.
         if status == reqwest::StatusCode::INTERNAL_SERVER_ERROR {
             if let Err(Error::Fault(f)) = soap::decode(method, &bytes) {
-                self.connected
-                    .store(f.kind != FaultKind::NotAuthenticated, Ordering::Relaxed);
+                let session_ok = !matches!(
+                    f.kind,
+                    FaultKind::NotAuthenticated | FaultKind::InvalidLogin
+                );
+                self.connected.store(session_ok, Ordering::Relaxed);
                 return Err(Error::Fault(f));
             }
         }
@@ -275,24 +304,69 @@ impl Session {
         self.session_gen.load(Ordering::SeqCst)
     }
 
-    /// Log in again unless another task already did since `seen` was read.
+    /// Log in again unless another task already did since `seen` was read. Callers share the
+    /// attempt: one login at a time, and while the backoff after a failed one runs, callers
+    /// get that failure without a new attempt.
     pub(crate) async fn relogin(&self, seen: u64) -> Result<(), Error> {
-        let _guard = self.relogin_lock.lock().await;
+        let mut gate = self.login_gate.lock().await;
         if self.session_generation() != seen {
             return Ok(());
         }
         if self.closed.load(Ordering::Relaxed) {
             return Err(Error::Closed);
         }
+        if let (Some(at), Some(last)) = (gate.retry_at, &gate.last) {
+            if Instant::now() < at {
+                return Err(self.login_error(last));
+            }
+        }
         self.cookies
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.login().await?;
+        if let Err(e) = self.login().await {
+            gate.failures += 1;
+            let wait = LOGIN_BACKOFF_FIRST
+                .saturating_mul(2u32.saturating_pow(gate.failures - 1))
+                .min(LOGIN_BACKOFF_MAX);
+            gate.retry_at = Some(Instant::now() + wait);
+            gate.last = Some(match &e {
+                Error::Fault(f) => LoginFailure::Fault(f.clone()),
+                other => LoginFailure::Other(other.to_string()),
+            });
+            tracing::warn!(user = %self.username, error = %e, failures = gate.failures, retry_in_ms = wait.as_millis() as u64, "vCenter login failed; no new attempt until the backoff is over");
+            *self.login_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                "logging in to {} as '{}' failed {} time(s), last with {e}; next attempt in {} s{}",
+                self.url_display,
+                self.username,
+                gate.failures,
+                wait.as_secs(),
+                if matches!(e.fault_kind(), Some(FaultKind::InvalidLogin)) {
+                    ": fix the vCenter password in deskpool's configuration"
+                } else {
+                    ""
+                }
+            ));
+            return Err(e);
+        }
+        *gate = LoginGate::default();
+        *self.login_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let generation = self.session_gen.fetch_add(1, Ordering::SeqCst) + 1;
         self.reconnect_tx.send_replace(generation);
         tracing::info!(generation, "logged in to vCenter again");
         Ok(())
+    }
+
+    fn login_error(&self, last: &LoginFailure) -> Error {
+        match last {
+            LoginFailure::Fault(f) => Error::Fault(f.clone()),
+            LoginFailure::Other(detail) => Error::Transport {
+                method: "Login",
+                url: self.url_display.clone(),
+                detail: format!("{detail} (waiting before the next login attempt)"),
+                source: None,
+            },
+        }
     }
 
     async fn login(&self) -> Result<(), Error> {

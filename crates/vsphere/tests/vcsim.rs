@@ -141,6 +141,54 @@ async fn wrong_password_is_invalid_login() {
     assert!(!format!("{err:?}").contains("wrong"));
 }
 
+/// A password rotated on vCenter while deskpool runs: the session expires, every caller
+/// needs a new login and each one fails. The callers share one login attempt at a time with
+/// backoff, so the account sees a handful of failed logins a minute, not one per call (which
+/// can lock it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_password_costs_at_most_6_logins_a_minute() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    sim.set_password("rotated-elsewhere").await;
+    sim.expire_sessions().await;
+    sim.reset_stats().await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let vc = vc.clone();
+            let path = sim.golden_path.clone();
+            tokio::spawn(async move {
+                let mut invalid_logins = 0u32;
+                while tokio::time::Instant::now() < until {
+                    match vc.find_by_inventory_path(&path).await {
+                        Err(e) if e.fault_kind() == Some(&FaultKind::InvalidLogin) => {
+                            invalid_logins += 1
+                        }
+                        other => panic!("expected InvalidLogin, got {other:?}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                invalid_logins
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for c in callers {
+        answered += c.await.unwrap();
+    }
+    let logins = sim.stats().await.calls("Login");
+    assert!(answered > 100, "callers got {answered} answers");
+    assert!(
+        (1..=6).contains(&logins),
+        "{logins} Login calls in a minute for {answered} failed calls"
+    );
+    assert!(!vc.is_connected());
+    let why = vc
+        .login_failure()
+        .expect("the client says why it is not connected");
+    assert!(why.contains("InvalidLogin"), "{why}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_vcenter_is_a_transient_transport_error() {
     let mut o = ClientOptions::new(
