@@ -308,6 +308,12 @@ impl Vcsim {
         self.post("/config", cfg).await;
     }
 
+    /// Objects living in SOAP sessions by type (`PropertyCollector`, `ContainerView`,
+    /// `ListView`), over every session: what a client made and did not destroy.
+    pub async fn session_objects(&self) -> BTreeMap<String, u64> {
+        self.get("/session-objects").await
+    }
+
     /// Changes the password later `Login`s need (a password rotated on vCenter); open
     /// sessions stay valid. `self.password` keeps the start-up one.
     pub async fn set_password(&self, password: &str) {

@@ -422,24 +422,6 @@ impl Session {
         Ok(out)
     }
 
-    /// Drops a watcher's PropertyCollector (with its filters, cancelling a long poll still
-    /// running on it) and its view, in the background and best effort: after a failed round
-    /// the watcher starts over with new ones, and the old ones would otherwise live, and be
-    /// kept up to date by vCenter, until the session ends. Nothing to do after a re-login.
-    pub(crate) fn discard_watch(self: &Arc<Self>, generation: u64, pc: MoRef, view: MoRef) {
-        if generation != self.session_generation() {
-            return;
-        }
-        let inner = Arc::clone(self);
-        tokio::spawn(async move {
-            for (method, obj) in [("DestroyPropertyCollector", &pc), ("DestroyView", &view)] {
-                if let Err(e) = inner.call(method, Self::this_body(obj)).await {
-                    tracing::debug!(%obj, error = %e, "{method} of an abandoned watch failed");
-                }
-            }
-        });
-    }
-
     /// `Task.info` read once.
     pub(crate) async fn task_info(&self, task: &MoRef) -> Result<TaskInfo, Error> {
         let mut spec = Writer::new();
@@ -534,5 +516,77 @@ pub(crate) async fn keepalive(session: Arc<Session>) {
         {
             tracing::warn!(error = %e, "vCenter keepalive failed");
         }
+    }
+}
+
+/// Objects a watcher made in this session (its PropertyCollector, with the filters on it, and
+/// its view). vCenter keeps them, and keeps them up to date, until the session ends, so they
+/// are destroyed on every way out: a failed round, a half-done setup, a stopped or aborted
+/// watch. Dropping the guard sends the destroy calls from a background task (best effort);
+/// after a re-login there is nothing to destroy, the old session took them along.
+pub(crate) struct ServerObjects {
+    session: Arc<Session>,
+    generation: u64,
+    objects: Vec<(&'static str, MoRef)>,
+}
+
+impl ServerObjects {
+    /// An empty set for the session's current login.
+    pub(crate) fn new(session: &Arc<Session>) -> Self {
+        Self {
+            session: Arc::clone(session),
+            generation: session.session_generation(),
+            objects: Vec::new(),
+        }
+    }
+
+    /// The session generation the objects belong to.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// `CreatePropertyCollector`: a collector of our own, so our filters are ours alone.
+    pub(crate) async fn create_collector(&mut self) -> Result<MoRef, Error> {
+        const M: &str = "CreatePropertyCollector";
+        let body = Session::this_body(&self.session.content.property_collector);
+        let pc = soap::parse_moref(M, &self.session.call(M, body).await?.body()?)?;
+        self.objects.push(("DestroyPropertyCollector", pc.clone()));
+        Ok(pc)
+    }
+
+    /// A view made by `method` (`CreateContainerView`, `CreateListView`) with `body`.
+    pub(crate) async fn create_view(
+        &mut self,
+        method: &'static str,
+        body: String,
+    ) -> Result<MoRef, Error> {
+        let view = soap::parse_moref(method, &self.session.call(method, body).await?.body()?)?;
+        self.objects.push(("DestroyView", view.clone()));
+        Ok(view)
+    }
+}
+
+impl Drop for ServerObjects {
+    fn drop(&mut self) {
+        let objects = std::mem::take(&mut self.objects);
+        if objects.is_empty()
+            || self.generation != self.session.session_generation()
+            || self.session.closed.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        // Outside a runtime (the process is ending) the session ends with it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let session = Arc::clone(&self.session);
+        // The collector first: destroying it also ends a long poll still waiting on it.
+        runtime.spawn(async move {
+            for (method, obj) in objects {
+                if let Err(e) = session.call(method, Session::this_body(&obj)).await {
+                    tracing::debug!(%obj, error = %e, "{method} of an abandoned watch failed");
+                }
+            }
+        });
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::base::{MoRef, PowerState};
 use crate::error::Error;
-use crate::session::Session;
+use crate::session::{ServerObjects, Session};
 use crate::soap::{self, req};
 use crate::xml::Writer;
 
@@ -86,27 +86,25 @@ impl VmExpect {
 const COALESCE: Duration = Duration::from_secs(1);
 
 struct Watch {
+    /// Destroys the collector and the view whichever way the watch ends.
+    objects: ServerObjects,
     pc: MoRef,
-    view: MoRef,
     version: String,
-    generation: u64,
 }
 
-async fn setup(session: &Session) -> Result<Watch, Error> {
-    let generation = session.session_generation();
+async fn setup(session: &Arc<Session>) -> Result<Watch, Error> {
     let content = &session.content;
-    const CPC: &str = "CreatePropertyCollector";
-    let mut w = Writer::new();
-    w.moref("_this", &content.property_collector);
-    let pc = soap::parse_moref(CPC, &session.call(CPC, w.finish()).await?.body()?)?;
+    let mut objects = ServerObjects::new(session);
+    let pc = objects.create_collector().await?;
 
-    const CCV: &str = "CreateContainerView";
     let mut w = Writer::new();
     w.moref("_this", &content.view_manager)
         .moref("container", &content.root_folder)
         .text("type", "VirtualMachine")
         .boolean("recursive", true);
-    let view = soap::parse_moref(CCV, &session.call(CCV, w.finish()).await?.body()?)?;
+    let view = objects
+        .create_view("CreateContainerView", w.finish())
+        .await?;
 
     const CF: &str = "CreateFilter";
     let mut w = Writer::new();
@@ -115,10 +113,9 @@ async fn setup(session: &Session) -> Result<Watch, Error> {
     w.close("spec").boolean("partialUpdates", false);
     session.call(CF, w.finish()).await?;
     Ok(Watch {
+        objects,
         pc,
-        view,
         version: String::new(),
-        generation,
     })
 }
 
@@ -183,7 +180,7 @@ async fn run(
         let step = async {
             if watch
                 .as_ref()
-                .is_none_or(|w| w.generation != session.session_generation())
+                .is_none_or(|w| w.objects.generation() != session.session_generation())
             {
                 watch = Some(setup(&session).await?);
                 known.clear();
@@ -230,10 +227,9 @@ async fn run(
             Err(Error::Closed) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "VM watch failed; starting it again");
-                // Rebuild from scratch: the collector may belong to an expired session.
-                if let Some(old) = watch.take() {
-                    session.discard_watch(old.generation, old.pc, old.view);
-                }
+                // Rebuild from scratch (dropping the old objects): the collector may belong
+                // to an expired session.
+                watch = None;
                 tokio::select! {
                     _ = tx.closed() => return,
                     _ = tokio::time::sleep(delay) => {}

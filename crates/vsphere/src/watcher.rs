@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::base::MoRef;
 use crate::error::Error;
 use crate::fault::{Fault, FaultKind};
-use crate::session::Session;
+use crate::session::{ServerObjects, Session};
 use crate::soap::{self, req, ObjectUpdate};
 use crate::types::{TaskInfo, TaskState};
 use crate::xml::{Node, Writer};
@@ -62,7 +62,8 @@ struct Known {
 
 /// Server-side objects of the current session.
 struct ServerSide {
-    generation: u64,
+    /// Destroys the collector and the view whichever way the watcher drops them.
+    objects: ServerObjects,
     pc: MoRef,
     view: MoRef,
     version: String,
@@ -209,9 +210,9 @@ impl Watcher {
         if self
             .server
             .as_ref()
-            .is_none_or(|s| s.generation != generation)
+            .is_none_or(|s| s.objects.generation() != generation)
         {
-            self.setup(generation).await?;
+            self.setup().await?;
         }
         self.sync_view().await?;
         if self.waiters.is_empty() {
@@ -275,19 +276,15 @@ impl Watcher {
         }
     }
 
-    async fn setup(&mut self, generation: u64) -> Result<(), Error> {
+    async fn setup(&mut self) -> Result<(), Error> {
         self.server = None;
         self.known.clear();
         let content = &self.session.content;
-        const CPC: &str = "CreatePropertyCollector";
-        let mut w = Writer::new();
-        w.moref("_this", &content.property_collector);
-        let pc = soap::parse_moref(CPC, &self.session.call(CPC, w.finish()).await?.body()?)?;
-
-        const CLV: &str = "CreateListView";
-        let mut w = Writer::new();
-        w.moref("_this", &content.view_manager);
-        let view = soap::parse_moref(CLV, &self.session.call(CLV, w.finish()).await?.body()?)?;
+        // A half-done setup drops `objects`, which destroys what was made.
+        let mut objects = ServerObjects::new(&self.session);
+        let pc = objects.create_collector().await?;
+        let body = Session::this_body(&content.view_manager);
+        let view = objects.create_view("CreateListView", body).await?;
 
         const CF: &str = "CreateFilter";
         let mut w = Writer::new();
@@ -297,7 +294,7 @@ impl Watcher {
         self.session.call(CF, w.finish()).await?;
         tracing::debug!(collector = %pc, view = %view, "task watcher ready");
         self.server = Some(ServerSide {
-            generation,
+            objects,
             pc,
             view,
             version: String::new(),
@@ -441,11 +438,9 @@ impl Watcher {
         let relogged = self
             .server
             .as_ref()
-            .is_some_and(|s| s.generation != self.session.session_generation());
-        // Whatever failed, the server-side objects are suspect: rebuild them.
-        if let Some(old) = self.server.take() {
-            self.session.discard_watch(old.generation, old.pc, old.view);
-        }
+            .is_some_and(|s| s.objects.generation() != self.session.session_generation());
+        // Whatever failed, the server-side objects are suspect: drop (destroy) and rebuild them.
+        self.server = None;
         if relogged {
             tracing::debug!("task watcher rebuilding its filter after a re-login");
             return;

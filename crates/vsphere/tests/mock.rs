@@ -445,3 +445,63 @@ async fn a_task_the_collector_never_reports_is_read_directly_after_the_silence()
         .count();
     assert_eq!(reads, 1, "one direct read of the silent task");
 }
+
+#[tokio::test]
+async fn a_half_done_watcher_setup_destroys_the_collector_it_made() {
+    // CreateListView fails after CreatePropertyCollector worked: each collector made must be
+    // destroyed, or every retry leaves one more on vCenter for the rest of the session.
+    let (url, seen) = serve(Arc::new(|s: &Seen| {
+        if let Some(r) = base(s) {
+            return r;
+        }
+        let m = s.method.as_str();
+        match m {
+            "CreatePropertyCollector" => (
+                200,
+                envelope(&format!(
+                    r#"<{m}Response xmlns="urn:vim25"><returnval type="PropertyCollector">pc-1</returnval></{m}Response>"#
+                )),
+            ),
+            "DestroyPropertyCollector" => (
+                200,
+                envelope(&format!(r#"<{m}Response xmlns="urn:vim25"/>"#)),
+            ),
+            "CreateListView" => (
+                500,
+                envelope(
+                    r#"<soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>A general system error occurred</faultstring><detail><SystemErrorFault xmlns="urn:vim25" xsi:type="SystemError"><reason>busy</reason></SystemErrorFault></detail></soapenv:Fault>"#,
+                ),
+            ),
+            _ => (500, NOT_AUTHENTICATED.to_owned()),
+        }
+    }))
+    .await;
+    let vc = client(&url).await;
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        vc.wait_task(&MoRef::new("Task", "task-1")),
+    )
+    .await
+    .expect("the waiter gets the error after a few rounds")
+    .unwrap_err();
+    assert!(err.to_string().contains("SystemError"), "{err}");
+    let count = |m: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.method == m)
+            .count()
+    };
+    for _ in 0..50 {
+        if count("DestroyPropertyCollector") >= count("CreatePropertyCollector") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(count("CreatePropertyCollector") >= 3);
+    assert_eq!(
+        count("DestroyPropertyCollector"),
+        count("CreatePropertyCollector"),
+        "every collector made is destroyed"
+    );
+}

@@ -819,3 +819,60 @@ async fn vm_watch_reports_an_announced_vm_removed_before_the_watch_saw_it() {
     vc.wait_task(&vc.destroy(&vm).await.unwrap()).await.unwrap();
     assert_eq!(next_changes(&mut rx, &vm).await, vec![VmChange::Gone]);
 }
+
+/// Waits until the simulator's session objects stop changing as expected (destroy calls run
+/// in the background), then returns them.
+async fn settled_session_objects(
+    sim: &Vcsim,
+    want: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut now = sim.session_objects().await;
+    for _ in 0..100 {
+        if &now == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = sim.session_objects().await;
+    }
+    now
+}
+
+/// A leadership change aborts the task that owns the VM watch; its PropertyCollector and
+/// ContainerView must not stay behind on vCenter (which keeps them up to date for the whole
+/// session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_aborted_vm_watches_leave_no_collector_or_view_behind() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    // The first use of the session's default PropertyCollector gives the session its own
+    // copy of it (a simulator detail): count from after that.
+    let golden = vc.find_by_inventory_path(&sim.golden_path).await.unwrap();
+    vc.vm_info(&golden.unwrap()).await.unwrap();
+    let before = sim.session_objects().await;
+    for round in 0..10 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let vc2 = vc.clone();
+        let owner = tokio::spawn(async move {
+            let mut watch = vc2.watch_vms();
+            let first = watch.recv().await;
+            let _ = tx.send(first);
+            std::future::pending::<()>().await;
+        });
+        let first = rx.await.unwrap().expect("first batch");
+        assert!(
+            !first.is_empty(),
+            "round {round}: the first batch lists the VMs"
+        );
+        let during = sim.session_objects().await;
+        assert!(during.get("PropertyCollector") >= Some(&1), "{during:?}");
+        assert!(during.get("ContainerView") >= Some(&1), "{during:?}");
+        owner.abort();
+        let _ = owner.await;
+    }
+    let after = settled_session_objects(&sim, &before).await;
+    let calls = sim.stats().await.soap_calls;
+    assert_eq!(
+        after, before,
+        "objects left after 10 aborted watches; calls: {calls:?}"
+    );
+}
