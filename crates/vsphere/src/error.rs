@@ -21,6 +21,16 @@ pub enum Error {
         #[source]
         source: Option<reqwest::Error>,
     },
+    /// vCenter's answer was larger than [`crate::ClientOptions::max_response_bytes`].
+    #[error("{method}: the answer from vCenter at {url} is larger than {limit} bytes (max_response_mib in the vCenter's configuration); the call was abandoned")]
+    ResponseTooLarge {
+        /// The SOAP method.
+        method: &'static str,
+        /// The endpoint (without credentials).
+        url: String,
+        /// The limit that was hit.
+        limit: u64,
+    },
     /// The response was not the XML we expected.
     #[error("{method}: cannot parse the vCenter response: {detail}")]
     Parse {
@@ -76,6 +86,7 @@ impl Error {
         match self {
             Error::Fault(fault) => fault.label(),
             Error::Transport { .. } => "transport",
+            Error::ResponseTooLarge { .. } => "response_too_large",
             Error::Parse { .. } => "parse",
             Error::Snapshot { .. } => "snapshot",
             Error::Tls(_) => "tls",

@@ -29,12 +29,15 @@ pub struct ClientOptions {
     /// A waited-for task the property collector says nothing about for this long is read
     /// directly, in case an update was missed (default 60 s).
     pub task_silence: Duration,
+    /// Largest response body accepted, in bytes after gzip decoding (default 256 MiB); a
+    /// larger one fails the call with [`crate::Error::ResponseTooLarge`].
+    pub max_response_bytes: u64,
 }
 
 impl ClientOptions {
     /// Options with defaults: system-independent public roots, 10 s connect timeout,
     /// 60 s call timeout, keepalive every 5 minutes, 1000 objects per page, silent tasks read
-    /// directly after 60 s.
+    /// directly after 60 s, responses up to 256 MiB.
     pub fn new(url: Url, username: impl Into<String>, password: SecretString) -> Self {
         Self {
             url,
@@ -46,6 +49,7 @@ impl ClientOptions {
             keepalive_interval: Duration::from_secs(300),
             task_silence: Duration::from_secs(60),
             page_size: 1000,
+            max_response_bytes: 256 * 1024 * 1024,
         }
     }
 }

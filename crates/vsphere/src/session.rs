@@ -33,6 +33,7 @@ pub(crate) struct Session {
     pub(crate) keepalive_interval: Duration,
     pub(crate) task_silence: Duration,
     pub(crate) page_size: u32,
+    pub(crate) max_response_bytes: u64,
     pub(crate) content: ServiceContent,
     pub(crate) cookies: RwLock<HashMap<String, String>>,
     pub(crate) soap_calls: AtomicU64,
@@ -110,6 +111,9 @@ impl Session {
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(50))
+            // A followed 307 would send the request again (Login: the password) wherever the
+            // Location header points, perhaps over plain http.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
 
@@ -118,6 +122,7 @@ impl Session {
             http: &http,
             url: &url,
             timeout: opts.call_timeout,
+            max_bytes: opts.max_response_bytes.max(1),
         };
         let content = bootstrap.service_content().await?;
         let (reconnect_tx, _) = watch::channel(0u64);
@@ -131,6 +136,7 @@ impl Session {
             keepalive_interval: opts.keepalive_interval,
             task_silence: opts.task_silence.max(Duration::from_millis(100)),
             page_size: opts.page_size.max(1),
+            max_response_bytes: opts.max_response_bytes.max(1),
             content,
             cookies: RwLock::new(HashMap::new()),
             soap_calls: AtomicU64::new(1),
@@ -222,6 +228,7 @@ impl Session {
             }
         };
         let status = response.status();
+        let location = redirect_target(&response);
         for value in response.headers().get_all(reqwest::header::SET_COOKIE) {
             if let Some((name, val)) = value
                 .to_str()
@@ -235,19 +242,23 @@ impl Session {
                     .insert(name.trim().to_owned(), val.trim().to_owned());
             }
         }
-        let bytes = match response.bytes().await {
+        let bytes = match read_body(response, self.max_response_bytes).await {
             Ok(b) => b,
-            Err(e) => {
+            Err(BodyError::TooLarge) => {
+                return Err(Error::ResponseTooLarge {
+                    method,
+                    url: self.url_display.clone(),
+                    limit: self.max_response_bytes,
+                })
+            }
+            Err(BodyError::Read(e)) => {
                 self.connected.store(false, Ordering::Relaxed);
                 return Err(transport("reading the response failed".to_owned(), Some(e)));
             }
         };
         if status.is_success() {
             self.connected.store(true, Ordering::Relaxed);
-            return Ok(Response {
-                method,
-                bytes: bytes.into(),
-            });
+            return Ok(Response { method, bytes });
         }
         // SOAP faults come as HTTP 500; anything else is a proxy or server problem.
         if status == reqwest::StatusCode::INTERNAL_SERVER_ERROR {
@@ -262,7 +273,7 @@ impl Session {
         }
         self.connected.store(false, Ordering::Relaxed);
         Err(transport(
-            format!("HTTP status {status} without a SOAP fault"),
+            unexpected_status(status, location.as_deref()),
             None,
         ))
     }
@@ -454,6 +465,7 @@ struct Bootstrap<'a> {
     http: &'a reqwest::Client,
     url: &'a Url,
     timeout: Duration,
+    max_bytes: u64,
 }
 
 impl Bootstrap<'_> {
@@ -478,10 +490,26 @@ impl Bootstrap<'_> {
             .await
             .map_err(|e| transport("connection failed".into(), Some(e)))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport("reading the response failed".into(), Some(e)))?;
+        let location = redirect_target(&resp);
+        let bytes = match read_body(resp, self.max_bytes).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                return Err(Error::ResponseTooLarge {
+                    method: M,
+                    url: self.url.to_string(),
+                    limit: self.max_bytes,
+                })
+            }
+            Err(BodyError::Read(e)) => {
+                return Err(transport("reading the response failed".into(), Some(e)))
+            }
+        };
+        if status.is_redirection() {
+            return Err(transport(
+                unexpected_status(status, location.as_deref()),
+                None,
+            ));
+        }
         if !(status.is_success() || status == reqwest::StatusCode::INTERNAL_SERVER_ERROR) {
             return Err(transport(
                 format!("HTTP status {status} (is this a vSphere /sdk URL?)"),
@@ -588,5 +616,61 @@ impl Drop for ServerObjects {
                 }
             }
         });
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Read(reqwest::Error),
+}
+
+/// Reads a response body (gzip already decoded by reqwest) up to `limit` bytes; a larger
+/// one is abandoned as soon as it passes the limit, without holding more than that.
+async fn read_body(mut response: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    let declared = response.content_length().unwrap_or(0);
+    if declared > limit {
+        return Err(BodyError::TooLarge);
+    }
+    let mut bytes = Vec::with_capacity(declared.min(limit).min(16 << 20) as usize);
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
+        if bytes.len() as u64 + chunk.len() as u64 > limit {
+            return Err(BodyError::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Where a redirect points, without any credentials in it (it goes into an error message).
+fn redirect_target(response: &reqwest::Response) -> Option<String> {
+    if !response.status().is_redirection() {
+        return None;
+    }
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    match Url::parse(location) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            Some(u.to_string())
+        }
+        Err(_) => Some(location.split('?').next().unwrap_or_default().to_owned()),
+    }
+}
+
+fn unexpected_status(status: reqwest::StatusCode, location: Option<&str>) -> String {
+    if status.is_redirection() {
+        format!(
+            "HTTP status {status}, a redirect to {}; deskpool does not follow redirects (one \
+             would send the request, a Login with its password, again elsewhere): set the \
+             vCenter url to the final /sdk address",
+            location.unwrap_or("(no Location)")
+        )
+    } else {
+        format!("HTTP status {status} without a SOAP fault")
     }
 }
