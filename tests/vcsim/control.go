@@ -33,6 +33,10 @@ import (
 //	GET  /session-objects  {"PropertyCollector":n,"ContainerView":n,"ListView":n,...}: objects
 //	                       that live in SOAP sessions (made by CreatePropertyCollector,
 //	                       CreateContainerView, CreateListView), counted over every session
+//	POST /vms/inaccessible {"moref":"vm-1","inaccessible":true}: the VM's datastore "goes
+//	                       away" as vCenter shows it: runtime.connectionState = inaccessible
+//	                       and config unset, so reads of config.* answer with a missingSet;
+//	                       false restores the config and connectionState = connected
 //	GET  /vms[?folder=X]   [{name,moref,power_state,instance_uuid,extra_config,folder,folder_moref,
 //	                       snapshots,current_snapshot}] (X = folder name or moref)
 func (h *harness) controlMux() http.Handler {
@@ -45,6 +49,7 @@ func (h *harness) controlMux() http.Handler {
 	mux.HandleFunc("/snapshots/remove", h.only(http.MethodPost, h.handleRemoveSnapshots))
 	mux.HandleFunc("/folders", h.only(http.MethodPost, h.handleCreateFolder))
 	mux.HandleFunc("/session-objects", h.only(http.MethodGet, h.handleSessionObjects))
+	mux.HandleFunc("/vms/inaccessible", h.only(http.MethodPost, h.handleInaccessible))
 	mux.HandleFunc("/vms", h.only(http.MethodGet, h.handleVMs))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]bool{"ok": true}) })
 	return mux
@@ -328,4 +333,39 @@ func (h *harness) handleSessionObjects(w http.ResponseWriter, _ *http.Request) {
 		mu.Unlock()
 	}
 	writeJSON(w, http.StatusOK, counts)
+}
+
+func (h *harness) handleInaccessible(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Moref        string `json:"moref"`
+		Inaccessible bool   `json:"inaccessible"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Moref == "" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("body must be {\"moref\":\"vm-N\",\"inaccessible\":true|false}"))
+		return
+	}
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: in.Moref}
+	vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+	if !ok {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("no VM %s", in.Moref))
+		return
+	}
+	state := types.VirtualMachineConnectionStateConnected
+	h.mu.Lock()
+	if in.Inaccessible {
+		state = types.VirtualMachineConnectionStateInaccessible
+		simulator.Map.WithLock(vm, func() {
+			if vm.Config != nil {
+				h.hiddenConfig[ref] = vm.Config
+				vm.Config = nil
+			}
+		})
+	} else if cfg, ok := h.hiddenConfig[ref]; ok {
+		delete(h.hiddenConfig, ref)
+		simulator.Map.WithLock(vm, func() { vm.Config = cfg })
+	}
+	h.mu.Unlock()
+	// Through the registry so property collectors (WaitForUpdatesEx) see the change.
+	simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.connectionState", Val: state}})
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }

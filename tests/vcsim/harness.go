@@ -76,6 +76,9 @@ type harness struct {
 
 	pages *pager // RetrievePropertiesEx results not yet read (paging.go)
 
+	// hiddenConfig holds the config of VMs made inaccessible (POST /vms/inaccessible).
+	hiddenConfig map[types.ManagedObjectReference]*types.VirtualMachineConfigInfo
+
 	// setPassword replaces the password Login accepts (called under mu).
 	setPassword func(string)
 }
@@ -95,6 +98,8 @@ func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {
 		stats:    newCounters(),
 		reserved: map[nameKey]bool{},
 		pages:    newPager(),
+
+		hiddenConfig: map[types.ManagedObjectReference]*types.VirtualMachineConfigInfo{},
 	}
 }
 

@@ -46,8 +46,22 @@ fn task_gone(e: &VsError, task: &str) -> bool {
     })
 }
 
+/// A power-off refused in the VM's current state (already off, typically); the destroy that
+/// follows decides.
 fn invalid_state(e: &VsError) -> bool {
-    is_fault(e, |k| matches!(k, FaultKind::InvalidState))
+    is_fault(e, |k| {
+        matches!(
+            k,
+            FaultKind::InvalidState | FaultKind::InvalidPowerState { .. }
+        )
+    })
+}
+
+/// The power-on failed because the VM is already on (only `InvalidPowerState` with the VM
+/// on; a disconnected host or a pending question is no such thing).
+fn already_on(e: &VsError) -> bool {
+    e.fault()
+        .is_some_and(deskpool_vsphere::Fault::means_already_on)
 }
 
 /// Longest wait for one task (a clone with guest customization can take minutes; a task
@@ -443,14 +457,16 @@ impl Provision<'_> {
         };
         let task = match self.client.power_on(&vm).await {
             Ok(t) => Some(t),
-            Err(e) if invalid_state(&e) => None, // already on (e.g. a retry after a crash)
+            Err(e) if already_on(&e) => None, // e.g. a retry after a crash
             Err(e) if not_found(&e) => return self.vanished(d).await,
             Err(e) => return Err(e.into()),
         };
         if let Some(task) = task {
             match wait(self.client, &task).await {
                 Ok(_) => {}
-                Err(e) if invalid_state(&e) => {}
+                Err(e) if already_on(&e) => {}
+                // Host not connected, no active host, datastore outage: try again later.
+                Err(e) if e.is_transient() => return Err(e.into()),
                 Err(e @ VsError::Fault(_)) => return self.clone_failed(d, e).await,
                 Err(e) => return Err(e.into()),
             }
@@ -493,6 +509,10 @@ impl Provision<'_> {
 
     /// A clone (or its power-on) failed with `e`.
     async fn clone_failed(&self, d: Desktop, e: VsError) -> Result<Option<Desktop>, Error> {
+        if e.is_login_failure() {
+            // The vCenter refused the session (its status says so), not this clone.
+            return Err(e.into());
+        }
         let kind = e.fault_kind().cloned();
         match kind {
             Some(FaultKind::DuplicateName { .. }) => return self.duplicate_name(d).await,

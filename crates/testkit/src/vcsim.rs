@@ -314,6 +314,17 @@ impl Vcsim {
         self.get("/session-objects").await
     }
 
+    /// Makes a VM inaccessible as a datastore outage does on vCenter
+    /// (`runtime.connectionState = inaccessible`, `config.*` answered in a `missingSet`), or
+    /// accessible again.
+    pub async fn set_vm_inaccessible(&self, moref: &str, inaccessible: bool) {
+        self.post(
+            "/vms/inaccessible",
+            serde_json::json!({ "moref": moref, "inaccessible": inaccessible }),
+        )
+        .await;
+    }
+
     /// Changes the password later `Login`s need (a password rotated on vCenter); open
     /// sessions stay valid. `self.password` keeps the start-up one.
     pub async fn set_password(&self, password: &str) {

@@ -42,6 +42,7 @@ pub enum PowerState {
 }
 
 impl PowerState {
+    /// The vim25 name (`poweredOn`, ...), None for anything else.
     pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "poweredOn" => Some(Self::PoweredOn),

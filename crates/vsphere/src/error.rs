@@ -71,14 +71,20 @@ fn candidates_suffix(c: &[String]) -> String {
 }
 
 impl Error {
-    /// Worth retrying later: TaskInProgress, InsufficientResources, NotAuthenticated
-    /// (after the client's own re-login failed) and transport failures.
+    /// Worth retrying later: the transient faults ([`Fault::is_transient`]), transport
+    /// failures and answers that could not be parsed (a proxy's error page, a truncated
+    /// body). Configuration, TLS, snapshot and size-limit errors need a change first.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Fault(fault) => fault.is_transient(),
-            Error::Transport { .. } => true,
+            Error::Transport { .. } | Error::Parse { .. } => true,
             _ => false,
         }
+    }
+
+    /// vCenter refused the login ([`Fault::is_login_failure`]).
+    pub fn is_login_failure(&self) -> bool {
+        self.fault().is_some_and(Fault::is_login_failure)
     }
 
     /// Metric label such as "duplicate_name" or "transport".

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::base::MoRef;
+use crate::base::{MoRef, PowerState};
 use crate::xml::Node;
 
 /// The vSphere fault types deskpool reacts to; everything else is `Other`.
@@ -25,8 +25,24 @@ pub enum FaultKind {
     InsufficientResources,
     /// The object is busy with another task.
     TaskInProgress,
-    /// `InvalidState` or a subtype (e.g. `InvalidPowerState`).
+    /// `InvalidPowerState`: the VM is not in the power state the operation needs.
+    InvalidPowerState {
+        /// The VM's power state as vCenter reported it (`existingState`), when it did.
+        existing: Option<PowerState>,
+    },
+    /// `InvalidState` or one of its other subtypes: the host is not connected
+    /// (`InvalidHostConnectionState`), no host of the cluster can run the VM
+    /// (`NoActiveHostInCluster`), the VM waits for an answer (`QuestionPending`)... Never means
+    /// "already done"; worth retrying later.
     InvalidState,
+    /// `InaccessibleDatastore`: the datastore exists but cannot be reached now (an outage,
+    /// not a wrong setting).
+    InaccessibleDatastore,
+    /// `HostCommunication` or a subtype (`HostNotConnected`, `HostNotReachable`): vCenter
+    /// cannot talk to the host.
+    HostCommunication,
+    /// `SystemError`: vCenter failed internally.
+    SystemError,
     /// `InvalidDatastore` or a subtype.
     InvalidDatastore,
     /// `FileFault` or a subtype.
@@ -62,14 +78,38 @@ impl Fault {
         }
     }
 
-    /// Worth retrying with backoff (the same request may succeed later).
+    /// Worth retrying with backoff: the same request may succeed later (busy, short of
+    /// resources, a host or datastore briefly unreachable, a vCenter hiccup), or the failure is
+    /// the session's, not the request's (`NotAuthenticated`, `InvalidLogin`: see
+    /// [`Fault::is_login_failure`]).
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind,
             FaultKind::TaskInProgress
                 | FaultKind::InsufficientResources
                 | FaultKind::NotAuthenticated
+                | FaultKind::InvalidLogin
+                | FaultKind::InvalidState
+                | FaultKind::InaccessibleDatastore
+                | FaultKind::HostCommunication
+                | FaultKind::SystemError
         )
+    }
+
+    /// vCenter refused the session's credentials: the vCenter connection is unhealthy (see
+    /// `Client::login_failure`); nothing is wrong with the request that needed the login.
+    pub fn is_login_failure(&self) -> bool {
+        self.kind == FaultKind::InvalidLogin
+    }
+
+    /// A power-on failed because the VM is already on (`InvalidPowerState` with
+    /// `existingState = poweredOn`). Other `InvalidState` faults (host not connected, no
+    /// active host, a pending question) mean the VM did not start.
+    pub fn means_already_on(&self) -> bool {
+        self.kind
+            == FaultKind::InvalidPowerState {
+                existing: Some(PowerState::PoweredOn),
+            }
     }
 
     /// Metric label, snake_case.
@@ -80,7 +120,11 @@ impl Fault {
             FaultKind::DuplicateName { .. } => "duplicate_name",
             FaultKind::InsufficientResources => "insufficient_resources",
             FaultKind::TaskInProgress => "task_in_progress",
+            FaultKind::InvalidPowerState { .. } => "invalid_power_state",
             FaultKind::InvalidState => "invalid_state",
+            FaultKind::InaccessibleDatastore => "inaccessible_datastore",
+            FaultKind::HostCommunication => "host_communication",
+            FaultKind::SystemError => "system_error",
             FaultKind::InvalidDatastore => "invalid_datastore",
             FaultKind::FileFault => "file_fault",
             FaultKind::VmConfigFault => "vm_config_fault",
@@ -98,7 +142,11 @@ impl Fault {
             FaultKind::DuplicateName { .. } => "DuplicateName",
             FaultKind::InsufficientResources => "InsufficientResourcesFault",
             FaultKind::TaskInProgress => "TaskInProgress",
+            FaultKind::InvalidPowerState { .. } => "InvalidPowerState",
             FaultKind::InvalidState => "InvalidState",
+            FaultKind::InaccessibleDatastore => "InaccessibleDatastore",
+            FaultKind::HostCommunication => "HostCommunication",
+            FaultKind::SystemError => "SystemError",
             FaultKind::InvalidDatastore => "InvalidDatastore",
             FaultKind::FileFault => "FileFault",
             FaultKind::VmConfigFault => "VmConfigFault",
@@ -134,10 +182,17 @@ fn classify(type_name: &str, node: &Node) -> FaultKind {
         },
         "TaskInProgress" => FaultKind::TaskInProgress,
         "InvalidLogin" => FaultKind::InvalidLogin,
+        "InvalidPowerState" => FaultKind::InvalidPowerState {
+            existing: node.child_text("existingState").and_then(PowerState::parse),
+        },
+        "InaccessibleDatastore" | "InaccessibleVFlashSource" => FaultKind::InaccessibleDatastore,
+        "HostCommunication" | "HostNotConnected" | "HostNotReachable" => {
+            FaultKind::HostCommunication
+        }
+        "SystemError" => FaultKind::SystemError,
         // Subtypes, from the vim25 fault hierarchy.
         t if t.starts_with("Insufficient") => FaultKind::InsufficientResources,
         "InvalidState"
-        | "InvalidPowerState"
         | "InvalidHostState"
         | "InvalidVmState"
         | "InvalidHostConnectionState"
@@ -146,11 +201,9 @@ fn classify(type_name: &str, node: &Node) -> FaultKind {
         | "InvalidDatastoreState"
         | "QuestionPending"
         | "NoActiveHostInCluster" => FaultKind::InvalidState,
-        "InvalidDatastore"
-        | "InvalidDatastorePath"
-        | "InaccessibleDatastore"
-        | "DatastoreNotWritableOnHost"
-        | "InaccessibleVFlashSource" => FaultKind::InvalidDatastore,
+        "InvalidDatastore" | "InvalidDatastorePath" | "DatastoreNotWritableOnHost" => {
+            FaultKind::InvalidDatastore
+        }
         "FileFault"
         | "FileNotFound"
         | "FileAlreadyExists"

@@ -62,7 +62,9 @@ pub use error::Error;
 pub use fault::{Fault, FaultKind};
 pub use options::ClientOptions;
 pub use tls::TlsOptions;
-pub use types::{About, CustomizationSpecXml, LinkedCloneSpec, TaskInfo, TaskState, VmInfo};
+pub use types::{
+    About, CustomizationSpecXml, LinkedCloneSpec, MissingProperty, TaskInfo, TaskState, VmInfo,
+};
 pub use vm_watch::{VmChange, VmEvent, VmExpect, VmWatch};
 
 /// Response parsing entry points, exposed for fuzzing and benchmarks only: not a stable API.

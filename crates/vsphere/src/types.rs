@@ -31,6 +31,22 @@ pub struct VmInfo {
     pub instance_uuid: Option<String>,
     /// `config.extraConfig` entries whose key starts with `deskpool.`.
     pub extra_config: Vec<(String, String)>,
+    /// vCenter cannot read the VM's configuration (its datastore is unreachable:
+    /// `runtime.connectionState` is `inaccessible` or `invalid`, or `config.*` came back in a
+    /// `missingSet`). Its name, instance UUID and markers are then unknown, not absent: such
+    /// a VM still exists and must not be taken for gone or for someone else's.
+    pub inaccessible: bool,
+    /// Properties vCenter could not read, with the fault it gave for each.
+    pub missing: Vec<MissingProperty>,
+}
+
+/// A property vCenter answered with a fault instead of a value (`ObjectContent.missingSet`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingProperty {
+    /// The property path, e.g. `config.instanceUuid`.
+    pub path: String,
+    /// Why it could not be read.
+    pub fault: Fault,
 }
 
 /// Task lifecycle state.

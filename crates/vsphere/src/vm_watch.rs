@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use crate::base::{MoRef, PowerState};
 use crate::error::Error;
 use crate::session::{ServerObjects, Session};
-use crate::soap::{self, req};
+use crate::soap::{self, req, ObjectUpdate};
 use crate::xml::Writer;
 
 /// What happened to a VM.
@@ -23,6 +23,10 @@ pub enum VmChange {
     Power(PowerState),
     /// It left the inventory (destroyed, or unregistered).
     Gone,
+    /// vCenter cannot read it (datastore outage: `runtime.connectionState` inaccessible or
+    /// invalid, or its properties answered with a `missingSet`). It still exists; a later
+    /// change reports it readable again (`Present` or `Power`).
+    Inaccessible,
 }
 
 /// One VM's change.
@@ -85,6 +89,9 @@ impl VmExpect {
 /// destroyed or powered off by hand), where a second does not matter.
 const COALESCE: Duration = Duration::from_secs(1);
 
+/// VM properties the watch follows.
+const WATCHED: &[&str] = &["runtime.powerState", "runtime.connectionState"];
+
 struct Watch {
     /// Destroys the collector and the view whichever way the watch ends.
     objects: ServerObjects,
@@ -109,7 +116,7 @@ async fn setup(session: &Arc<Session>) -> Result<Watch, Error> {
     const CF: &str = "CreateFilter";
     let mut w = Writer::new();
     w.moref("_this", &pc).open("spec");
-    req::filter_spec_view(&mut w, "VirtualMachine", &["runtime.powerState"], &view);
+    req::filter_spec_view(&mut w, "VirtualMachine", WATCHED, &view);
     w.close("spec").boolean("partialUpdates", false);
     session.call(CF, w.finish()).await?;
     Ok(Watch {
@@ -120,7 +127,12 @@ async fn setup(session: &Arc<Session>) -> Result<Watch, Error> {
 }
 
 /// `soon`: answer within a second even if nothing changes (announced VMs wait for a verdict).
-async fn poll(session: &Session, watch: &mut Watch, soon: bool) -> Result<Vec<VmEvent>, Error> {
+/// Returns the events and whether the answer was truncated (more changes are pending).
+async fn poll(
+    session: &Session,
+    watch: &mut Watch,
+    soon: bool,
+) -> Result<(Vec<VmEvent>, bool), Error> {
     const M: &str = "WaitForUpdatesEx";
     let max_wait = if soon {
         1
@@ -136,30 +148,42 @@ async fn poll(session: &Session, watch: &mut Watch, soon: bool) -> Result<Vec<Vm
         .text("maxWaitSeconds", &max_wait.to_string())
         .close("options");
     let resp = session.call(M, w.finish()).await?;
-    let (version, updates) = soap::parse_update_set(resp.body()?)?;
-    if let Some(v) = version {
+    let set = soap::parse_update_set(resp.body()?)?;
+    if let Some(v) = set.version {
         watch.version = v;
     }
-    Ok(updates
-        .into_iter()
-        .map(|u| {
-            let power = u
-                .changes
-                .iter()
-                .find(|(name, _)| name == "runtime.powerState")
-                .and_then(|(_, v)| v.as_ref())
-                .and_then(|v| PowerState::parse(&v.text));
-            let change = match u.kind.as_ref() {
-                "leave" => VmChange::Gone,
-                "enter" => VmChange::Present(power),
-                _ => match power {
-                    Some(p) => VmChange::Power(p),
-                    None => VmChange::Present(None),
-                },
-            };
-            VmEvent { vm: u.obj, change }
+    let events = set
+        .updates
+        .iter()
+        .map(|u| VmEvent {
+            vm: u.obj.clone(),
+            change: change_of(u),
         })
-        .collect())
+        .collect();
+    Ok((events, set.truncated))
+}
+
+/// What one object update means for the VM.
+fn change_of(u: &ObjectUpdate<'_>) -> VmChange {
+    let value = |prop: &str| {
+        u.changes
+            .iter()
+            .find(|(name, _)| name == prop)
+            .and_then(|(_, v)| v.as_ref())
+    };
+    let power = value("runtime.powerState").and_then(|v| PowerState::parse(&v.text));
+    let unreadable = !u.missing.is_empty()
+        || value("runtime.connectionState").is_some_and(|v| soap::connection_unreadable(&v.text));
+    match u.kind.as_ref() {
+        "leave" => VmChange::Gone,
+        _ if unreadable => VmChange::Inaccessible,
+        "enter" => VmChange::Present(power),
+        _ => match power {
+            Some(p) => VmChange::Power(p),
+            // E.g. readable again (connectionState back to connected).
+            None => VmChange::Present(None),
+        },
+    }
 }
 
 async fn run(
@@ -187,7 +211,7 @@ async fn run(
             }
             match watch.as_mut() {
                 Some(w) => poll(&session, w, !to_check.is_empty()).await,
-                None => Ok(Vec::new()),
+                None => Ok((Vec::new(), false)),
             }
         };
         let result = tokio::select! {
@@ -195,7 +219,7 @@ async fn run(
             r = step => r,
         };
         match result {
-            Ok(mut events) => {
+            Ok((mut events, truncated)) => {
                 delay = Duration::from_millis(500);
                 for e in &events {
                     match e.change {
@@ -203,13 +227,17 @@ async fn run(
                         _ => known.insert(e.vm.clone()),
                     };
                 }
-                for vm in to_check.drain(..) {
-                    let reported = events.iter().any(|e| e.vm == vm);
-                    if !known.contains(&vm) && !reported {
-                        events.push(VmEvent {
-                            vm,
-                            change: VmChange::Gone,
-                        });
+                // A truncated answer (more pending) may not mention VMs that exist: the
+                // verdict on announced VMs waits for a complete one.
+                if !truncated {
+                    for vm in to_check.drain(..) {
+                        let reported = events.iter().any(|e| e.vm == vm);
+                        if !known.contains(&vm) && !reported {
+                            events.push(VmEvent {
+                                vm,
+                                change: VmChange::Gone,
+                            });
+                        }
                     }
                 }
                 if events.is_empty() {
@@ -217,6 +245,9 @@ async fn run(
                 }
                 if tx.send(events).await.is_err() {
                     return;
+                }
+                if truncated {
+                    continue; // the rest is waiting on the server: ask at once
                 }
                 // Changes made meanwhile wait on the server and come in the next answer.
                 tokio::select! {
@@ -236,6 +267,65 @@ async fn run(
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(xml: &str) -> VmChange {
+        let doc = format!(
+            r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><WaitForUpdatesExResponse xmlns="urn:vim25"><returnval><version>1</version><filterSet><objectSet><obj type="VirtualMachine">vm-1</obj>{xml}</objectSet></filterSet></returnval></WaitForUpdatesExResponse></soapenv:Body></soapenv:Envelope>"#
+        );
+        let set = soap::parse_update_set(soap::decode("W", doc.as_bytes()).unwrap()).unwrap();
+        change_of(&set.updates[0])
+    }
+
+    #[test]
+    fn unreadable_vms_are_inaccessible_not_gone_or_present() {
+        let power = r#"<changeSet><name>runtime.powerState</name><op>assign</op><val>poweredOn</val></changeSet>"#;
+        let state = |s: &str| {
+            format!(
+                r#"<changeSet><name>runtime.connectionState</name><op>assign</op><val>{s}</val></changeSet>"#
+            )
+        };
+        let missing = r#"<missingSet><path>config.instanceUuid</path><fault><fault xsi:type="InaccessibleDatastore"/></fault></missingSet>"#;
+        let on = VmChange::Power(PowerState::PoweredOn);
+        for (xml, want) in [
+            (
+                format!("<kind>enter</kind>{power}"),
+                VmChange::Present(Some(PowerState::PoweredOn)),
+            ),
+            (format!("<kind>modify</kind>{power}"), on.clone()),
+            ("<kind>leave</kind>".to_owned(), VmChange::Gone),
+            (
+                format!("<kind>enter</kind>{power}{missing}"),
+                VmChange::Inaccessible,
+            ),
+            (
+                format!("<kind>modify</kind>{}", state("inaccessible")),
+                VmChange::Inaccessible,
+            ),
+            (
+                format!("<kind>modify</kind>{}", state("invalid")),
+                VmChange::Inaccessible,
+            ),
+            (
+                format!("<kind>modify</kind>{}{power}", state("connected")),
+                on,
+            ),
+            (
+                format!("<kind>modify</kind>{}", state("connected")),
+                VmChange::Present(None),
+            ),
+            (
+                format!("<kind>modify</kind>{}", state("orphaned")),
+                VmChange::Present(None),
+            ),
+        ] {
+            assert_eq!(update(&xml), want, "{xml}");
         }
     }
 }

@@ -240,12 +240,14 @@ impl Watcher {
             tokio::select! {
                 res = &mut wait => {
                     let resp = res?;
-                    let (version, updates) = soap::parse_update_set(resp.body()?)?;
+                    // A truncated answer needs no special care here: the next round asks
+                    // again at once, and nothing is concluded from what an answer omits.
+                    let set = soap::parse_update_set(resp.body()?)?;
                     self.failures = 0;
-                    if let (Some(v), Some(s)) = (version, self.server.as_mut()) {
+                    if let (Some(v), Some(s)) = (set.version, self.server.as_mut()) {
                         s.version = v;
                     }
-                    self.apply(updates);
+                    self.apply(set.updates);
                     return Ok(());
                 }
                 cmd = rx.recv() => {

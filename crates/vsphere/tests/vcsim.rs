@@ -137,7 +137,9 @@ async fn wrong_password_is_invalid_login() {
     o.password = SecretString::from("wrong".to_string());
     let err = Client::connect(o).await.unwrap_err();
     assert_eq!(err.fault_kind(), Some(&FaultKind::InvalidLogin), "{err}");
-    assert!(!err.is_transient());
+    // The vCenter connection's problem (retried with backoff), not a request's.
+    assert!(err.is_login_failure());
+    assert!(err.is_transient());
     assert!(!format!("{err:?}").contains("wrong"));
 }
 
@@ -267,10 +269,16 @@ async fn linked_clone_power_and_destroy() {
     assert_eq!(listed[0].moref, vm);
     assert_eq!(listed[0].power_state, PowerState::PoweredOn);
 
-    // Destroying a powered-on VM fails with InvalidPowerState (an InvalidState).
+    // Destroying a powered-on VM fails with InvalidPowerState, saying the VM is on.
     let err = vc.wait_task(&vc.destroy(&vm).await.unwrap()).await;
     if let Err(e) = &err {
-        assert_eq!(e.fault_kind(), Some(&FaultKind::InvalidState), "{e}");
+        assert_eq!(
+            e.fault_kind(),
+            Some(&FaultKind::InvalidPowerState {
+                existing: Some(PowerState::PoweredOn)
+            }),
+            "{e}"
+        );
     }
     if vc.vm_info(&vm).await.unwrap().is_some() {
         vc.wait_task(&vc.power_off(&vm).await.unwrap())
@@ -874,5 +882,51 @@ async fn ten_aborted_vm_watches_leave_no_collector_or_view_behind() {
     assert_eq!(
         after, before,
         "objects left after 10 aborted watches; calls: {calls:?}"
+    );
+}
+
+/// A datastore outage as vCenter shows it: the VM stays in the inventory but its `config.*`
+/// cannot be read. It is reported inaccessible, with the faults, never as gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inaccessible_vm_is_reported_inaccessible_not_dropped() {
+    use deskpool_vsphere::VmChange;
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let s = spec(&p, "outage");
+    let vm = vc
+        .wait_task(&vc.clone_linked(&p.golden, &s).await.unwrap())
+        .await
+        .unwrap()
+        .expect("clone result");
+    let mut watch = vc.watch_vms();
+    sim.set_vm_inaccessible(&vm.value, true).await;
+    assert_eq!(
+        next_changes(&mut watch, &vm).await,
+        vec![VmChange::Inaccessible]
+    );
+
+    let listed = vc.list_all_vms().await.unwrap();
+    let info = listed
+        .iter()
+        .find(|v| v.moref == vm)
+        .expect("an inaccessible VM is still listed");
+    assert!(info.inaccessible, "{info:?}");
+    assert_eq!(info.instance_uuid, None);
+    assert!(
+        info.missing.iter().any(|m| m.path == "config.instanceUuid"),
+        "{info:?}"
+    );
+    assert_eq!(
+        vc.vm_info(&vm).await.unwrap().map(|v| v.inaccessible),
+        Some(true)
+    );
+
+    sim.set_vm_inaccessible(&vm.value, false).await;
+    let info = vc.vm_info(&vm).await.unwrap().unwrap();
+    assert!(!info.inaccessible && info.missing.is_empty(), "{info:?}");
+    assert_eq!(
+        info.instance_uuid.as_deref(),
+        Some(s.instance_uuid.as_str())
     );
 }
