@@ -37,6 +37,12 @@ import (
 //	                       away" as vCenter shows it: runtime.connectionState = inaccessible
 //	                       and config unset, so reads of config.* answer with a missingSet;
 //	                       false restores the config and connectionState = connected
+//	POST /clusters/drs     {"cluster":"DC0_C0","enabled":false}: DRS off; clones into the
+//	                       cluster then fail with InvalidArgument unless
+//	                       spec.location.host is set, as on vCenter
+//	POST /hosts/state      {"host":"DC0_C0_H1","memory_mb":n,"maintenance":bool,
+//	                       "connected":bool} (any subset): summary.quickStats.
+//	                       overallMemoryUsage, runtime.inMaintenanceMode, connectionState
 //	GET  /vms[?folder=X]   [{name,moref,power_state,instance_uuid,extra_config,folder,folder_moref,
 //	                       snapshots,current_snapshot}] (X = folder name or moref)
 func (h *harness) controlMux() http.Handler {
@@ -50,6 +56,8 @@ func (h *harness) controlMux() http.Handler {
 	mux.HandleFunc("/folders", h.only(http.MethodPost, h.handleCreateFolder))
 	mux.HandleFunc("/session-objects", h.only(http.MethodGet, h.handleSessionObjects))
 	mux.HandleFunc("/vms/inaccessible", h.only(http.MethodPost, h.handleInaccessible))
+	mux.HandleFunc("/clusters/drs", h.only(http.MethodPost, h.handleClusterDrs))
+	mux.HandleFunc("/hosts/state", h.only(http.MethodPost, h.handleHostState))
 	mux.HandleFunc("/vms", h.only(http.MethodGet, h.handleVMs))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]bool{"ok": true}) })
 	return mux
@@ -369,3 +377,91 @@ func (h *harness) handleInaccessible(w http.ResponseWriter, r *http.Request) {
 	simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.connectionState", Val: state}})
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }
+
+func (h *harness) handleClusterDrs(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Cluster string `json:"cluster"`
+		Enabled bool   `json:"enabled"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Cluster == "" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("body must be {\"cluster\":\"NAME\",\"enabled\":bool}"))
+		return
+	}
+	for _, e := range simulator.Map.All("ClusterComputeResource") {
+		c := e.(*simulator.ClusterComputeResource)
+		if c.Name != in.Cluster {
+			continue
+		}
+		simulator.Map.WithLock(c, func() {
+			if cfg, ok := c.ConfigurationEx.(*types.ClusterConfigInfoEx); ok {
+				cfg.DrsConfig.Enabled = types.NewBool(in.Enabled)
+			}
+		})
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+		return
+	}
+	writeErr(w, http.StatusNotFound, fmt.Errorf("no cluster %q", in.Cluster))
+}
+
+func (h *harness) handleHostState(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Host        string `json:"host"`
+		MemoryMB    *int32 `json:"memory_mb"`
+		Maintenance *bool  `json:"maintenance"`
+		Connected   *bool  `json:"connected"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Host == "" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("body must be {\"host\":\"NAME\",...}"))
+		return
+	}
+	for _, e := range simulator.Map.All("HostSystem") {
+		host := e.(*simulator.HostSystem)
+		if host.Name != in.Host {
+			continue
+		}
+		simulator.Map.WithLock(host, func() {
+			if in.MemoryMB != nil {
+				host.Summary.QuickStats.OverallMemoryUsage = *in.MemoryMB
+			}
+			if in.Maintenance != nil {
+				host.Runtime.InMaintenanceMode = *in.Maintenance
+			}
+			if in.Connected != nil {
+				host.Runtime.ConnectionState = types.HostSystemConnectionStateConnected
+				if !*in.Connected {
+					host.Runtime.ConnectionState = types.HostSystemConnectionStateDisconnected
+				}
+			}
+		})
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+		return
+	}
+	writeErr(w, http.StatusNotFound, fmt.Errorf("no host %q", in.Host))
+}
+
+// needsHost: the clone's resource pool belongs to a cluster with DRS off and the spec names
+// no host, which vCenter refuses.
+func needsHost(spec *types.VirtualMachineCloneSpec) bool {
+	if spec.Location.Host != nil || spec.Location.Pool == nil {
+		return false
+	}
+	rp, ok := simulator.Map.Get(*spec.Location.Pool).(*simulator.ResourcePool)
+	if !ok {
+		return false
+	}
+	var owner types.ManagedObjectReference
+	simulator.Map.WithLock(rp, func() { owner = rp.Owner })
+	c, ok := simulator.Map.Get(owner).(*simulator.ClusterComputeResource)
+	if !ok {
+		return false
+	}
+	off := false
+	simulator.Map.WithLock(c, func() {
+		if cfg, ok := c.ConfigurationEx.(*types.ClusterConfigInfoEx); ok {
+			off = !isTrue(cfg.DrsConfig.Enabled)
+		}
+	})
+	return off
+}
+
+func isTrue(b *bool) bool { return b != nil && *b }

@@ -403,6 +403,9 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 		if f := h.checkSnapshot(req); f != nil {
 			return nil, f
 		}
+		if needsHost(&req.Spec) {
+			return nil, &types.InvalidArgument{InvalidProperty: "spec.location.host"}
+		}
 
 		time.Sleep(cfg.cloneDelay)
 

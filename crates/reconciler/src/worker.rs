@@ -309,6 +309,7 @@ impl Provision<'_> {
             folder: inv.folder.clone(),
             resource_pool: inv.resource_pool.clone(),
             datastore: inv.datastore.clone(),
+            host: inv.host.clone(),
             snapshot: inv.snapshot.clone(),
             instance_uuid: uuid,
             extra_config: vec![

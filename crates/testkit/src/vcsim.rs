@@ -325,6 +325,25 @@ impl Vcsim {
         .await;
     }
 
+    /// Turns DRS of a cluster (e.g. `DC0_C0`) on or off. With DRS off, clones into the
+    /// cluster fail with `InvalidArgument` unless `RelocateSpec.host` is set, as on vCenter.
+    pub async fn set_cluster_drs(&self, cluster: &str, enabled: bool) {
+        self.post(
+            "/clusters/drs",
+            serde_json::json!({ "cluster": cluster, "enabled": enabled }),
+        )
+        .await;
+    }
+
+    /// Sets a host's state: any subset of `{"memory_mb": n, "maintenance": bool,
+    /// "connected": bool}` (`summary.quickStats.overallMemoryUsage`,
+    /// `runtime.inMaintenanceMode`, `runtime.connectionState`).
+    pub async fn set_host_state(&self, host: &str, state: serde_json::Value) {
+        let mut body = state;
+        body["host"] = serde_json::Value::from(host);
+        self.post("/hosts/state", body).await;
+    }
+
     /// Changes the password later `Login`s need (a password rotated on vCenter); open
     /// sessions stay valid. `self.password` keeps the start-up one.
     pub async fn set_password(&self, password: &str) {

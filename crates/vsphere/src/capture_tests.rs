@@ -150,6 +150,7 @@ fn clone_request_matches_capture_structure() {
         folder: m("Folder", "folder-3"),
         resource_pool: m("ResourcePool", "resgroup-15"),
         datastore: None,
+        host: None,
         snapshot: m("VirtualMachineSnapshot", "snapshot-33"),
         instance_uuid: "5b1a9c1e-0000-4000-8000-000000000001".into(),
         extra_config: vec![],
@@ -180,6 +181,7 @@ fn clone_request_full_spec_in_wsdl_order_and_escaped() {
         folder: m("Folder", "folder-3"),
         resource_pool: m("ResourcePool", "resgroup-15"),
         datastore: Some(m("Datastore", "datastore-1")),
+        host: Some(m("HostSystem", "host-21")),
         snapshot: m("VirtualMachineSnapshot", "snapshot-33"),
         instance_uuid: "u".into(),
         extra_config: vec![
@@ -217,7 +219,7 @@ fn clone_request_full_spec_in_wsdl_order_and_escaped() {
     );
     assert_eq!(
         names(s.child("location").unwrap()),
-        ["datastore", "diskMoveType", "pool"]
+        ["datastore", "diskMoveType", "pool", "host"]
     );
     assert_eq!(
         s.child("location").unwrap().child_text("diskMoveType"),

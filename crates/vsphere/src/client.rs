@@ -11,10 +11,37 @@ use crate::fault::{Fault, FaultKind};
 use crate::options::ClientOptions;
 use crate::session::{self, Session};
 use crate::soap::{self, req};
-use crate::types::{About, CustomizationSpecXml, LinkedCloneSpec, TaskInfo, TaskState, VmInfo};
+use crate::types::{
+    About, CustomizationSpecXml, LinkedCloneSpec, Placement, PlacementRule, TaskInfo, TaskState,
+    VmInfo,
+};
 use crate::vm_watch::{self, VmWatch};
 use crate::watcher::{self, Cmd};
-use crate::xml::Writer;
+use crate::xml::{Node, Writer};
+
+/// A property value as placement reads it: text, a reference, a list of references, and
+/// `drsConfig.enabled` of a cluster's `configurationEx`.
+#[derive(Debug, Default)]
+struct PropValue {
+    text: String,
+    moref: Option<MoRef>,
+    morefs: Vec<MoRef>,
+    drs_enabled: bool,
+}
+
+impl PropValue {
+    fn from_node(v: &Node<'_>) -> Self {
+        Self {
+            text: v.text.trim().to_owned(),
+            moref: v.as_moref(),
+            morefs: v.children.iter().filter_map(Node::as_moref).collect(),
+            drs_enabled: v
+                .child("drsConfig")
+                .and_then(|d| d.child_text("enabled"))
+                .is_some_and(|e| e.trim() == "true"),
+        }
+    }
+}
 
 /// A logged-in vCenter session shared by every task of the process. Cheap to clone.
 ///
@@ -245,6 +272,149 @@ impl Client {
             tracing::warn!(view = %view, error = %e, "DestroyView failed");
         }
         result
+    }
+
+    /// Which placement rule applies to clones into `resource_pool` (see [`PlacementRule`]):
+    /// DRS on, a standalone host, or, for a cluster with DRS off, the host to name in
+    /// `RelocateSpec.host`: connected, not in maintenance mode, mounting `datastore` (or,
+    /// when None, every datastore of `golden`), with the lowest memory use.
+    /// [`Error::Placement`] when no host qualifies.
+    pub async fn placement(
+        &self,
+        resource_pool: &MoRef,
+        golden: &MoRef,
+        datastore: Option<&MoRef>,
+    ) -> Result<Placement, Error> {
+        let owner = self
+            .read_props(resource_pool, &["owner"])
+            .await?
+            .into_iter()
+            .find_map(|(n, v)| (n == "owner").then_some(v))
+            .and_then(|v| v.moref)
+            .ok_or_else(|| {
+                Error::Placement(format!("resource pool {resource_pool} has no owner"))
+            })?;
+        let cluster = owner.kind == "ClusterComputeResource";
+        let paths: &[&str] = if cluster {
+            &["name", "host", "configurationEx"]
+        } else {
+            &["name", "host"]
+        };
+        let props = self.read_props(&owner, paths).await?;
+        let prop = |name: &str| props.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        let owner_name = prop("name").map(|v| v.text.clone()).unwrap_or_default();
+        let hosts = prop("host").map(|v| v.morefs.clone()).unwrap_or_default();
+        if !cluster {
+            let host = hosts.into_iter().next();
+            return Ok(Placement {
+                host: None,
+                rule: PlacementRule::StandaloneHost {
+                    host: match &host {
+                        Some(h) => self.name_of(h).await?,
+                        None => owner_name,
+                    },
+                },
+            });
+        }
+        if prop("configurationEx").is_some_and(|v| v.drs_enabled) {
+            return Ok(Placement {
+                host: None,
+                rule: PlacementRule::Drs {
+                    cluster: owner_name,
+                },
+            });
+        }
+        let needed: Vec<MoRef> = match datastore {
+            Some(d) => vec![d.clone()],
+            None => self
+                .read_props(golden, &["datastore"])
+                .await?
+                .into_iter()
+                .find(|(n, _)| n == "datastore")
+                .map(|(_, v)| v.morefs)
+                .unwrap_or_default(),
+        };
+        let mut usable = Vec::new();
+        for h in &hosts {
+            let props = self
+                .read_props(
+                    h,
+                    &[
+                        "name",
+                        "runtime.connectionState",
+                        "runtime.inMaintenanceMode",
+                        "datastore",
+                        "summary.quickStats.overallMemoryUsage",
+                    ],
+                )
+                .await?;
+            let prop = |name: &str| props.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            let text = |name: &str| prop(name).map(|v| v.text.as_str()).unwrap_or_default();
+            let mounts = prop("datastore")
+                .map(|v| v.morefs.as_slice())
+                .unwrap_or_default();
+            if text("runtime.connectionState") == "connected"
+                && text("runtime.inMaintenanceMode") != "true"
+                && needed.iter().all(|d| mounts.contains(d))
+            {
+                let memory: i64 = text("summary.quickStats.overallMemoryUsage")
+                    .parse()
+                    .unwrap_or(0);
+                usable.push((memory, text("name").to_owned(), h.clone()));
+            }
+        }
+        usable.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let count = usable.len();
+        match usable.into_iter().next() {
+            Some((memory_mb, name, host)) => Ok(Placement {
+                host: Some(host),
+                rule: PlacementRule::LeastLoadedHost {
+                    cluster: owner_name,
+                    host: name,
+                    memory_mb,
+                    usable: count,
+                    hosts: hosts.len(),
+                },
+            }),
+            None => Err(Error::Placement(format!(
+                "cluster '{owner_name}' has DRS off, so each clone needs a host, but none of its {} hosts is connected, out of maintenance mode and mounts {}: reconnect a host, end maintenance mode, or enable DRS",
+                hosts.len(),
+                if needed.is_empty() {
+                    "the golden VM's datastores".to_owned()
+                } else {
+                    needed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                }
+            ))),
+        }
+    }
+
+    async fn name_of(&self, obj: &MoRef) -> Result<String, Error> {
+        Ok(self
+            .read_props(obj, &["name"])
+            .await?
+            .into_iter()
+            .next()
+            .map(|(_, v)| v.text)
+            .unwrap_or_default())
+    }
+
+    /// Some properties of one object, flattened to what placement reads.
+    async fn read_props(
+        &self,
+        obj: &MoRef,
+        paths: &[&str],
+    ) -> Result<Vec<(String, PropValue)>, Error> {
+        let mut spec = Writer::new();
+        req::filter_spec_objects(&mut spec, &obj.kind, paths, &[obj]);
+        self.session
+            .retrieve(&spec.finish(), None, |objs, out| {
+                for oc in objs {
+                    for (name, val) in &oc.props {
+                        out.push((name.to_string(), PropValue::from_node(val)));
+                    }
+                }
+            })
+            .await
     }
 
     /// Start a linked clone (`CloneVM_Task` with `createNewChildDiskBacking` from

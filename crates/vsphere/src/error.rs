@@ -51,6 +51,10 @@ pub enum Error {
         /// Snapshot paths that exist on the VM.
         candidates: Vec<String>,
     },
+    /// No host can take the clones (a cluster without DRS whose hosts are all disconnected,
+    /// in maintenance mode or without the datastores).
+    #[error("placement: {0}")]
+    Placement(String),
     /// TLS configuration is unusable (CA file, thumbprint).
     #[error("TLS configuration: {0}")]
     Tls(String),
@@ -95,6 +99,7 @@ impl Error {
             Error::ResponseTooLarge { .. } => "response_too_large",
             Error::Parse { .. } => "parse",
             Error::Snapshot { .. } => "snapshot",
+            Error::Placement(_) => "placement",
             Error::Tls(_) => "tls",
             Error::Config(_) => "config",
             Error::Closed => "closed",

@@ -25,6 +25,7 @@
 //!             folder,
 //!             resource_pool: pool,
 //!             datastore: None,
+//!             host: None,
 //!             snapshot,
 //!             instance_uuid: uuid.clone(),
 //!             extra_config: vec![("deskpool.pool".into(), "lab".into())],
@@ -63,7 +64,8 @@ pub use fault::{Fault, FaultKind};
 pub use options::ClientOptions;
 pub use tls::TlsOptions;
 pub use types::{
-    About, CustomizationSpecXml, LinkedCloneSpec, MissingProperty, TaskInfo, TaskState, VmInfo,
+    About, CustomizationSpecXml, LinkedCloneSpec, MissingProperty, Placement, PlacementRule,
+    TaskInfo, TaskState, VmInfo,
 };
 pub use vm_watch::{VmChange, VmEvent, VmExpect, VmWatch};
 

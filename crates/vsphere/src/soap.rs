@@ -551,7 +551,7 @@ pub(crate) mod req {
 
     /// CloneVM_Task body. Element order follows the WSDL (govmomi's types.go):
     /// CloneSpec{location, template, config, customization, powerOn, snapshot},
-    /// RelocateSpec{folder, datastore, diskMoveType, pool, ...},
+    /// RelocateSpec{folder, datastore, diskMoveType, pool, host, ...},
     /// ConfigSpec{..., instanceUuid, ..., extraConfig, ...}.
     pub fn clone_vm(golden: &MoRef, spec: &LinkedCloneSpec) -> String {
         let mut w = Writer::new();
@@ -564,8 +564,11 @@ pub(crate) mod req {
             w.moref("datastore", ds);
         }
         w.text("diskMoveType", "createNewChildDiskBacking")
-            .moref("pool", &spec.resource_pool)
-            .close("location")
+            .moref("pool", &spec.resource_pool);
+        if let Some(host) = &spec.host {
+            w.moref("host", host);
+        }
+        w.close("location")
             .boolean("template", false)
             .open("config")
             .text("instanceUuid", &spec.instance_uuid);

@@ -124,6 +124,9 @@ pub struct LinkedCloneSpec {
     pub resource_pool: MoRef,
     /// Destination datastore; None keeps the golden VM's.
     pub datastore: Option<MoRef>,
+    /// Host to run the clone on (`RelocateSpec.host`): needed when the resource pool belongs
+    /// to a cluster without DRS (see [`crate::Client::placement`]); None lets DRS choose.
+    pub host: Option<MoRef>,
     /// The golden VM's snapshot the delta disks are created from.
     pub snapshot: MoRef,
     /// Instance UUID for the clone (generated before the call to find it again after a crash).
@@ -134,4 +137,55 @@ pub struct LinkedCloneSpec {
     pub customization: Option<CustomizationSpecXml>,
     /// Sent as `powerOn`; deskpool passes false and powers on separately.
     pub power_on: bool,
+}
+
+/// Which placement rule applies to a resource pool, and the host it gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// `RelocateSpec.host` for clones into this resource pool (None: DRS chooses).
+    pub host: Option<MoRef>,
+    /// Why.
+    pub rule: PlacementRule,
+}
+
+/// How the host of a clone is chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlacementRule {
+    /// The resource pool belongs to a cluster with DRS on: DRS places each clone.
+    Drs {
+        /// The cluster's name.
+        cluster: String,
+    },
+    /// The resource pool is a standalone host's: clones run there.
+    StandaloneHost {
+        /// The host's name.
+        host: String,
+    },
+    /// The cluster has DRS off, so vCenter needs a host: the connected one, not in
+    /// maintenance mode, mounting the clone's datastores, with the lowest memory use.
+    LeastLoadedHost {
+        /// The cluster's name.
+        cluster: String,
+        /// The chosen host's name.
+        host: String,
+        /// Its `summary.quickStats.overallMemoryUsage`, MB.
+        memory_mb: i64,
+        /// Hosts that qualified, of `hosts`.
+        usable: usize,
+        /// Hosts in the cluster.
+        hosts: usize,
+    },
+}
+
+impl std::fmt::Display for PlacementRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Drs { cluster } => write!(f, "cluster '{cluster}' has DRS on: DRS places the clones"),
+            Self::StandaloneHost { host } => write!(f, "standalone host '{host}': clones run there"),
+            Self::LeastLoadedHost { cluster, host, memory_mb, usable, hosts } => write!(
+                f,
+                "cluster '{cluster}' has DRS off: clones go to host '{host}' ({memory_mb} MB memory in use; least loaded of {usable} usable hosts out of {hosts})"
+            ),
+        }
+    }
 }

@@ -57,6 +57,7 @@ fn spec(p: &Placement, name: &str) -> LinkedCloneSpec {
         folder: p.folder.clone(),
         resource_pool: p.pool.clone(),
         datastore: None,
+        host: None,
         snapshot: p.snapshot.clone(),
         instance_uuid: uuid::Uuid::new_v4().to_string(),
         extra_config: vec![
@@ -928,5 +929,85 @@ async fn an_inaccessible_vm_is_reported_inaccessible_not_dropped() {
     assert_eq!(
         info.instance_uuid.as_deref(),
         Some(s.instance_uuid.as_str())
+    );
+}
+
+/// vSphere without DRS (Standard, Essentials) refuses a clone into a cluster unless it names
+/// a host: the placement picks the connected host outside maintenance mode with the lowest
+/// memory use, and the clone naming it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_drs_gets_the_least_loaded_usable_host() {
+    use deskpool_vsphere::PlacementRule;
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let with_drs = vc.placement(&p.pool, &p.golden, None).await.unwrap();
+    assert_eq!(with_drs.host, None);
+    assert_eq!(
+        with_drs.rule,
+        PlacementRule::Drs {
+            cluster: "DC0_C0".into()
+        }
+    );
+
+    sim.set_cluster_drs("DC0_C0", false).await;
+    // Without a host vCenter refuses the clone.
+    let err = vc
+        .wait_task(
+            &vc.clone_linked(&p.golden, &spec(&p, "no-host"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("InvalidArgument"), "{err}");
+
+    sim.set_host_state("DC0_C0_H0", serde_json::json!({ "memory_mb": 900 }))
+        .await;
+    sim.set_host_state(
+        "DC0_C0_H1",
+        serde_json::json!({ "memory_mb": 100, "maintenance": true }),
+    )
+    .await;
+    sim.set_host_state("DC0_C0_H2", serde_json::json!({ "memory_mb": 500 }))
+        .await;
+    let chosen = vc.placement(&p.pool, &p.golden, None).await.unwrap();
+    match &chosen.rule {
+        PlacementRule::LeastLoadedHost {
+            cluster,
+            host,
+            memory_mb,
+            usable,
+            hosts,
+        } => {
+            assert_eq!(
+                (cluster.as_str(), host.as_str(), *memory_mb, *usable, *hosts),
+                ("DC0_C0", "DC0_C0_H2", 500, 2, 3)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        chosen.rule.to_string().contains("DRS off"),
+        "{}",
+        chosen.rule
+    );
+    let mut s = spec(&p, "with-host");
+    s.host = chosen.host.clone();
+    let vm = vc
+        .wait_task(&vc.clone_linked(&p.golden, &s).await.unwrap())
+        .await
+        .unwrap();
+    assert!(vm.is_some());
+
+    // No usable host left: a clear error, not a clone doomed to fail.
+    for h in ["DC0_C0_H0", "DC0_C0_H2"] {
+        sim.set_host_state(h, serde_json::json!({ "connected": false }))
+            .await;
+    }
+    let err = vc.placement(&p.pool, &p.golden, None).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Placement(_)) && err.to_string().contains("DRS off"),
+        "{err}"
     );
 }
