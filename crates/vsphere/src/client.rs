@@ -46,7 +46,8 @@ impl PropValue {
 /// A logged-in vCenter session shared by every task of the process. Cheap to clone.
 ///
 /// Calls that fail with `NotAuthenticated` log in again once and are retried; the task
-/// watcher rebuilds its filters after such a re-login.
+/// watcher rebuilds its filters after such a re-login. Re-logins are shared: one attempt at a
+/// time, and after a failed one, none until its backoff is over (callers get that failure).
 #[derive(Clone)]
 pub struct Client {
     session: Arc<Session>,
