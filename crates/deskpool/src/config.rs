@@ -234,6 +234,8 @@ struct VcenterFile {
     connect_timeout_secs: u64,
     #[serde(default = "default_call_timeout")]
     call_timeout_secs: u64,
+    #[serde(default = "default_max_response_mib")]
+    max_response_mib: u64,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -241,6 +243,9 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_call_timeout() -> u64 {
     60
+}
+fn default_max_response_mib() -> u64 {
+    256
 }
 
 /// A vCenter connection, with its password loaded.
@@ -266,6 +271,8 @@ pub struct VcenterConfig {
     pub connect_timeout_secs: u64,
     /// Timeout of one SOAP call, seconds.
     pub call_timeout_secs: u64,
+    /// Largest vCenter response accepted (after gzip decoding), MiB.
+    pub max_response_mib: u64,
 }
 
 impl VcenterConfig {
@@ -283,6 +290,7 @@ impl VcenterConfig {
         };
         o.connect_timeout = std::time::Duration::from_secs(self.connect_timeout_secs);
         o.call_timeout = std::time::Duration::from_secs(self.call_timeout_secs);
+        o.max_response_bytes = self.max_response_mib.saturating_mul(1024 * 1024);
         o
     }
 }
@@ -316,6 +324,7 @@ impl fmt::Debug for VcenterConfig {
             .field("insecure", &self.insecure)
             .field("connect_timeout_secs", &self.connect_timeout_secs)
             .field("call_timeout_secs", &self.call_timeout_secs)
+            .field("max_response_mib", &self.max_response_mib)
             .finish()
     }
 }
@@ -656,6 +665,9 @@ fn resolve_vcenters(
         if v.call_timeout_secs == 0 {
             return Err(invalid(key("call_timeout_secs"), "must be at least 1"));
         }
+        if v.max_response_mib == 0 {
+            return Err(invalid(key("max_response_mib"), "must be at least 1"));
+        }
         out.push(VcenterConfig {
             name: v.name,
             url,
@@ -667,6 +679,7 @@ fn resolve_vcenters(
             insecure: v.insecure,
             connect_timeout_secs: v.connect_timeout_secs,
             call_timeout_secs: v.call_timeout_secs,
+            max_response_mib: v.max_response_mib,
         });
     }
     Ok(out)
@@ -887,6 +900,7 @@ mod tests {
             "insecure",
             "connect_timeout_secs",
             "call_timeout_secs",
+            "max_response_mib",
         ] {
             assert!(
                 text.contains(&format!("#   {key} = "))

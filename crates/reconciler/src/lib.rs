@@ -95,14 +95,15 @@ pub async fn check_pool(
 ) -> Result<String, String> {
     match inventory::resolve(client, spec).await {
         Ok(inv) => Ok(format!(
-            "golden VM {} snapshot {} folder {} resource pool {}{}",
+            "golden VM {} snapshot {} folder {} resource pool {}{}; placement: {}",
             inv.golden,
             inv.snapshot,
             inv.folder,
             inv.resource_pool,
             inv.datastore
                 .map(|d| format!(" datastore {d}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            inv.placement
         )),
         Err(inventory::ResolveError::Permanent(msg)) => Err(msg),
         Err(inventory::ResolveError::Transient(e)) => Err(format!("vCenter did not answer: {e}")),

@@ -51,8 +51,22 @@ fn task_gone(e: &VsError, task: &str) -> bool {
     })
 }
 
+/// A power-off refused in the VM's current state (already off, typically); the destroy that
+/// follows decides.
 fn invalid_state(e: &VsError) -> bool {
-    is_fault(e, |k| matches!(k, FaultKind::InvalidState))
+    is_fault(e, |k| {
+        matches!(
+            k,
+            FaultKind::InvalidState | FaultKind::InvalidPowerState { .. }
+        )
+    })
+}
+
+/// The power-on failed because the VM is already on (only `InvalidPowerState` with the VM
+/// on; a disconnected host or a pending question is no such thing).
+fn already_on(e: &VsError) -> bool {
+    e.fault()
+        .is_some_and(deskpool_vsphere::Fault::means_already_on)
 }
 
 /// What a fault means for the desktop's next step; None when `e` is not a fault at all.
@@ -337,7 +351,9 @@ impl Provision<'_> {
                 };
                 match wait(self.client, &task).await {
                     Ok(_) => Next::Report(Report::TaskEnded { vm: false }),
-                    Err(e) if invalid_state(&e) => Next::Report(Report::TaskEnded { vm: false }),
+                    Err(e) if already_on(&e) => Next::Report(Report::TaskEnded { vm: false }),
+                    // Host not connected, no active host, datastore outage: try again later.
+                    Err(e) if e.is_transient() => return Err(e.into()),
                     Err(e @ VsError::Fault(_)) => self.fault(e, found)?,
                     Err(e) => return Err(e.into()),
                 }
@@ -390,8 +406,9 @@ impl Provision<'_> {
                         found.task = Some(t);
                         Next::Report(Report::PowerOnStarted)
                     }
-                    // Already on (e.g. a retry after a crash).
-                    Err(e) if invalid_state(&e) => Next::Report(Report::TaskEnded { vm: false }),
+                    // Already on (e.g. a retry after a crash); only InvalidPowerState with the
+                    // VM on means that, not a disconnected host or a pending question.
+                    Err(e) if already_on(&e) => Next::Report(Report::TaskEnded { vm: false }),
                     Err(e) if not_found(&e) => Next::Report(Report::VmGone),
                     Err(e) => return Err(e.into()),
                 }
@@ -463,6 +480,10 @@ impl Provision<'_> {
 
     /// A fault of a clone or power-on becomes a report; anything else ends the worker.
     fn fault(&self, e: VsError, found: &mut Found) -> Result<Next, Error> {
+        if e.is_login_failure() {
+            // The vCenter refused the session (its status says so), not this clone.
+            return Err(e.into());
+        }
         match fault_class(&e) {
             Some(class) => {
                 found.fault = Some(e);
@@ -501,6 +522,7 @@ impl Provision<'_> {
             folder: inv.folder.clone(),
             resource_pool: inv.resource_pool.clone(),
             datastore: inv.datastore.clone(),
+            host: inv.host.clone(),
             snapshot: inv.snapshot.clone(),
             instance_uuid: d.instance_uuid.to_string(),
             extra_config: vec![
