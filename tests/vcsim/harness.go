@@ -91,6 +91,12 @@ type harness struct {
 	clonesGen int
 
 	pages *pager // RetrievePropertiesEx results not yet read (paging.go)
+
+	// hiddenConfig holds the config of VMs made inaccessible (POST /vms/inaccessible).
+	hiddenConfig map[types.ManagedObjectReference]*types.VirtualMachineConfigInfo
+
+	// setPassword replaces the password Login accepts (called under mu).
+	setPassword func(string)
 }
 
 func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {
@@ -108,6 +114,8 @@ func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {
 		stats:    newCounters(),
 		reserved: map[nameKey]bool{},
 		pages:    newPager(),
+
+		hiddenConfig: map[types.ManagedObjectReference]*types.VirtualMachineConfigInfo{},
 	}
 }
 
@@ -419,6 +427,9 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 		}
 		if f := h.checkSnapshot(req); f != nil {
 			return nil, f
+		}
+		if needsHost(&req.Spec) {
+			return nil, &types.InvalidArgument{InvalidProperty: "spec.location.host"}
 		}
 
 		time.Sleep(cfg.cloneDelay)

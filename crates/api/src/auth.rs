@@ -45,6 +45,8 @@ impl MinRole for Admin {
 pub(crate) struct Caller<R> {
     /// The token's name: the actor of events.
     pub name: String,
+    /// The token's role (at least `R::ROLE`).
+    pub role: Role,
     _min: PhantomData<R>,
 }
 
@@ -68,6 +70,12 @@ impl<R: MinRole> FromRequestParts<AppState> for Caller<R> {
                 "send an API token as 'Authorization: Bearer <secret>'",
             ));
         };
+        // A secret of the wrong shape is refused before it costs a database connection.
+        if !tokens::is_well_formed(secret) {
+            return Err(ApiError::unauthorized(
+                "the API token is unknown or revoked",
+            ));
+        }
         // Authenticated outside the request's transaction: marking the token used is
         // bookkeeping, not part of the change the request makes.
         let mut conn = state.db.acquire().await?;
@@ -88,6 +96,7 @@ impl<R: MinRole> FromRequestParts<AppState> for Caller<R> {
         }
         Ok(Caller {
             name: token.name,
+            role: token.role,
             _min: PhantomData,
         })
     }

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use deskpool_domain::{is_slug, DesktopState, EventKind};
+use deskpool_domain::{is_slug, DesktopState, EventKind, PoolState};
 use deskpool_store::desktops::{self, Desktop};
 use deskpool_store::events::{self, NewEvent};
 use deskpool_store::pools::{self, Pool};
@@ -124,8 +124,24 @@ pub(crate) async fn get(
     Ok(Json(DesktopView::new(&name, d)))
 }
 
+/// Why a pool cannot provision a replacement now, if it cannot.
+fn not_provisioning(pool: &Pool) -> Option<String> {
+    match pool.state {
+        PoolState::Deleting => None,
+        _ if !pool.spec.enabled => Some("is paused".to_owned()),
+        PoolState::Error | PoolState::Stopped => Some(format!(
+            "is {} ({})",
+            pool.state,
+            pool.last_error.as_deref().unwrap_or("no detail")
+        )),
+        PoolState::Ok => None,
+    }
+}
+
 /// Replaces a desktop (helpdesk or admin): it is marked `deleting`; the reconciler destroys
-/// it and provisions a replacement. Repeating the call is harmless.
+/// it and provisions a replacement. Repeating the call is harmless. Refused (409
+/// `pool_not_provisioning`) while the pool is paused, in error or stopped, unless the desktop
+/// has failed: the desktop would be destroyed with no replacement, below the pool's floor.
 #[utoipa::path(delete, path = "/api/v1/pools/{name}/desktops/{desktop}", tag = "desktops",
     security(("bearer" = [])),
     params(
@@ -137,6 +153,7 @@ pub(crate) async fn get(
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Viewer token", body = ErrorBody),
         (status = 404, description = "No such pool or desktop", body = ErrorBody),
+        (status = 409, description = "The pool is paused, in error or stopped: no replacement would come", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
 pub(crate) async fn delete(
@@ -147,6 +164,18 @@ pub(crate) async fn delete(
     let mut tx = state.db.begin().await?;
     let pool = find_pool(&mut tx, &name).await?;
     let mut d = find(&mut tx, &pool, &desktop).await?;
+    if d.state.counts_toward_size() {
+        if let Some(why) = not_provisioning(&pool) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "pool_not_provisioning",
+                format!(
+                    "pool '{name}' {why}: desktop '{}' would be destroyed without a replacement; resume the pool (or fix the error and save the pool) first",
+                    d.name
+                ),
+            ));
+        }
+    }
     if desktops::mark_deleting(&mut tx, &[d.id]).await? == 1 {
         events::record(
             &mut tx,

@@ -9,7 +9,7 @@
 //!
 //! ```ignore
 //! let metrics = deskpool_api::install_metrics_recorder(); // before the reconciler records
-//! let api = deskpool_api::router(ApiState { db, vcenters, health, metrics, max_body_bytes });
+//! let api = deskpool_api::router(ApiState { db, vcenters, health, metrics, max_body_bytes, limits });
 //! axum::serve(listener, api).with_graceful_shutdown(stop).await?;
 //! ```
 //!
@@ -21,14 +21,19 @@ mod desktops;
 mod error;
 mod events;
 mod extract;
+mod gauges;
+mod limits;
 mod metrics_setup;
 mod model;
 mod observe;
 mod openapi;
 mod ops;
 mod pools;
+mod tokens;
+mod ui;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
@@ -44,6 +49,7 @@ pub use model::{
     VcenterHealth,
 };
 pub use openapi::openapi;
+pub use tokens::{CreatedToken, NewToken, Permissions, TokenList, TokenView, Whoami};
 
 /// Everything the API needs from the process that serves it.
 #[derive(Clone)]
@@ -58,6 +64,27 @@ pub struct ApiState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// How much work the API takes on at once.
+    pub limits: RequestLimits,
+}
+
+/// Bounds on the API's work, so a flood of requests (authenticated or not) queues and times
+/// out instead of piling up without end.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Requests handled at once, over all routes; the rest wait for a turn.
+    pub max_concurrent: usize,
+    /// Longest a request may take, its wait for a turn included; then 503 `request_timeout`.
+    pub timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 256,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl std::fmt::Debug for ApiState {
@@ -65,6 +92,7 @@ impl std::fmt::Debug for ApiState {
         f.debug_struct("ApiState")
             .field("vcenters", &self.vcenters)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -129,7 +157,11 @@ fn table() -> Table {
             desktops::delete,
         )
         .add(Method::GET, "/api/v1/events", events::list)
-        .add(Method::GET, "/openapi.json", ops::openapi_json)
+        .add(Method::GET, "/api/v1/whoami", tokens::whoami)
+        .add(Method::GET, "/api/v1/tokens", tokens::list)
+        .add(Method::POST, "/api/v1/tokens", tokens::create)
+        .add(Method::DELETE, "/api/v1/tokens/{name}", tokens::revoke)
+        .add(Method::GET, "/openapi.json", openapi::openapi_json)
         .add(Method::GET, "/healthz", ops::healthz)
         .add(Method::GET, "/readyz", ops::readyz)
         .add(Method::GET, "/metrics", ops::metrics)
@@ -140,12 +172,15 @@ pub fn routes() -> Vec<(Method, &'static str)> {
     table().served
 }
 
-/// The API: every route, JSON 404/405 fallbacks, the body limit, and the per-request log line
-/// and latency histogram.
+/// The API: every route, JSON 404/405 fallbacks, the body limit, the concurrency bound and
+/// request timeout, and the per-request log line and latency histogram.
 pub fn router(state: ApiState) -> Router {
     let limit = state.max_body_bytes;
+    let limits = state.limits;
     table()
         .router
+        // The web page is not part of the API (nor of its OpenAPI document).
+        .merge(ui::router())
         .fallback(|method: Method, uri: http::Uri| async move {
             ApiError::not_found(format!("no route for {method} {}", uri.path()))
         })
@@ -157,6 +192,10 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            limits::Bound::new(limits),
+            limits::bound,
+        ))
         .layer(axum::middleware::from_fn(observe::observe))
         .with_state(Arc::new(state))
 }

@@ -1,9 +1,13 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations, and its route.
 
+use std::sync::OnceLock;
+
+use axum::response::{IntoResponse as _, Response};
+use http::header;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{desktops, error, events, model, ops, pools};
+use crate::{desktops, error, events, model, ops, pools, tokens};
 
 struct BearerAuth;
 
@@ -25,7 +29,8 @@ impl Modify for BearerAuth {
         pools::pause, pools::resume,
         desktops::list, desktops::get, desktops::delete,
         events::list,
-        ops::healthz, ops::readyz, ops::metrics, ops::openapi_json,
+        tokens::whoami, tokens::list, tokens::create, tokens::revoke,
+        ops::healthz, ops::readyz, ops::metrics, openapi_json,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
@@ -33,6 +38,8 @@ impl Modify for BearerAuth {
         model::PoolView, model::PoolStatus, model::PoolStateView, model::PoolList, model::Resize,
         model::DesktopView, model::DesktopStateView, model::DesktopPage,
         model::EventView, model::EventPage,
+        tokens::TokenView, tokens::TokenList, tokens::NewToken, tokens::CreatedToken,
+        tokens::Permissions, tokens::Whoami,
         model::Alive, model::Readiness, model::DbHealth, model::ReplicaRole, model::VcenterHealth,
     )),
     modifiers(&BearerAuth),
@@ -40,6 +47,7 @@ impl Modify for BearerAuth {
         (name = "pools", description = "Pool definitions and sizing"),
         (name = "desktops", description = "Desktops of a pool"),
         (name = "events", description = "Audit trail"),
+        (name = "tokens", description = "API tokens (admin) and the caller's own"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]
@@ -48,4 +56,17 @@ struct ApiDoc;
 /// The API's OpenAPI 3 document.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
+pub(crate) async fn openapi_json() -> Response {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        openapi()
+            .to_json()
+            .expect("the OpenAPI document serializes")
+    });
+    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }

@@ -2,7 +2,6 @@
 //! needs a token.
 
 use std::fmt::Write as _;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -115,6 +114,7 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
             p.spec.target_size
         );
     }
+    out.push_str(&crate::gauges::pool_states(&all));
     Ok(out)
 }
 
@@ -128,6 +128,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
+    out.push_str(&crate::gauges::health(&state.health.snapshot()));
     let up = match db_gauges(&state).await {
         Ok(gauges) => {
             out.push_str(&gauges);
@@ -150,17 +151,4 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         out,
     )
         .into_response()
-}
-
-/// This API's OpenAPI 3 document.
-#[utoipa::path(get, path = "/openapi.json", tag = "ops",
-    responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
-pub(crate) async fn openapi_json() -> Response {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let doc = DOC.get_or_init(|| {
-        crate::openapi()
-            .to_json()
-            .expect("the OpenAPI document serializes")
-    });
-    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }

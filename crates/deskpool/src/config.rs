@@ -56,7 +56,7 @@ pub struct Config {
     /// `[log]`: log format and level.
     pub log: LogConfig,
     /// `[reconciler]`: timing and concurrency of the reconcile loop.
-    pub reconciler: ReconcilerConfig,
+    pub reconciler: ReconcilerSection,
     /// `[[vcenters]]`: the vCenter connections pools may name.
     pub vcenters: Vec<VcenterConfig>,
     /// The file the configuration was read from, if any.
@@ -71,6 +71,14 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Requests handled at once; more wait for a turn (within the request timeout).
+    pub max_concurrent_requests: usize,
+    /// A request not answered within this many seconds (waiting included) gets 503.
+    pub request_timeout_secs: u64,
+    /// PEM certificate chain (leaf first) to serve HTTPS with; with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -78,7 +86,21 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
+            max_concurrent_requests: 256,
+            request_timeout_secs: 30,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
+    }
+}
+
+impl HttpConfig {
+    /// The certificate and key files when TLS is configured (validation ensures both or none).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((
+            self.tls_cert_file.as_deref()?,
+            self.tls_key_file.as_deref()?,
+        ))
     }
 }
 
@@ -88,8 +110,11 @@ impl Default for HttpConfig {
 pub struct DatabaseConfig {
     /// PostgreSQL URL; may hold a password, so it is a secret and only shown redacted.
     pub url: SecretString,
-    /// Size of the connection pool.
+    /// Connections for HTTP API requests (`/readyz` and `/metrics` included).
     pub max_connections: u32,
+    /// Connections reserved for the reconciler (its passes, workers, leader lease and
+    /// `LISTEN`), in addition to `max_connections`: API traffic can never take them.
+    pub reconciler_connections: u32,
     /// How long to wait for the database when connecting, in seconds.
     pub connect_timeout_secs: u64,
 }
@@ -99,6 +124,7 @@ impl Default for DatabaseConfig {
         Self {
             url: SecretString::from("postgres://postgres@127.0.0.1:5432/deskpool"),
             max_connections: 10,
+            reconciler_connections: 4,
             connect_timeout_secs: 5,
         }
     }
@@ -155,10 +181,10 @@ impl Default for LogConfig {
     }
 }
 
-/// `[reconciler]`
+/// The `[reconciler]` section of the config file, as written (see `tunables()`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ReconcilerConfig {
+pub struct ReconcilerSection {
     /// Full comparison of the database with each vCenter's inventory this often.
     pub resync_interval_secs: u64,
     /// How long the leader lease lasts without renewal (renewed every third of it).
@@ -174,7 +200,7 @@ pub struct ReconcilerConfig {
     pub backoff_max_secs: u64,
 }
 
-impl Default for ReconcilerConfig {
+impl Default for ReconcilerSection {
     fn default() -> Self {
         Self {
             resync_interval_secs: 300,
@@ -208,6 +234,8 @@ struct VcenterFile {
     connect_timeout_secs: u64,
     #[serde(default = "default_call_timeout")]
     call_timeout_secs: u64,
+    #[serde(default = "default_max_response_mib")]
+    max_response_mib: u64,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -215,6 +243,9 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_call_timeout() -> u64 {
     60
+}
+fn default_max_response_mib() -> u64 {
+    256
 }
 
 /// A vCenter connection, with its password loaded.
@@ -240,6 +271,8 @@ pub struct VcenterConfig {
     pub connect_timeout_secs: u64,
     /// Timeout of one SOAP call, seconds.
     pub call_timeout_secs: u64,
+    /// Largest vCenter response accepted (after gzip decoding), MiB.
+    pub max_response_mib: u64,
 }
 
 impl VcenterConfig {
@@ -257,11 +290,12 @@ impl VcenterConfig {
         };
         o.connect_timeout = std::time::Duration::from_secs(self.connect_timeout_secs);
         o.call_timeout = std::time::Duration::from_secs(self.call_timeout_secs);
+        o.max_response_bytes = self.max_response_mib.saturating_mul(1024 * 1024);
         o
     }
 }
 
-impl ReconcilerConfig {
+impl ReconcilerSection {
     /// The reconciler's tunables.
     pub fn tunables(&self) -> deskpool_reconciler::ReconcilerConfig {
         use std::time::Duration;
@@ -290,6 +324,7 @@ impl fmt::Debug for VcenterConfig {
             .field("insecure", &self.insecure)
             .field("connect_timeout_secs", &self.connect_timeout_secs)
             .field("call_timeout_secs", &self.call_timeout_secs)
+            .field("max_response_mib", &self.max_response_mib)
             .finish()
     }
 }
@@ -303,6 +338,19 @@ pub enum PasswordSource {
     File(PathBuf),
     /// `$CREDENTIALS_DIRECTORY/<name>` (systemd `LoadCredential=`).
     SystemdCredential(PathBuf),
+    /// Not read: the command does not connect to vCenter (see [`Secrets::Skip`]).
+    NotLoaded,
+}
+
+/// Whether [`load_with`] reads the vCenter passwords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read every vCenter password; a missing one is a config error (`serve`, `check`).
+    Load,
+    /// Leave them unread, for commands that only use the database (`migrate`, `token`): run as
+    /// the service user, they cannot read a root-only password file or a systemd credential
+    /// that only the service is given.
+    Skip,
 }
 
 impl fmt::Display for PasswordSource {
@@ -311,6 +359,7 @@ impl fmt::Display for PasswordSource {
             Self::Inline => f.write_str("inline password"),
             Self::File(p) => write!(f, "password_file {}", p.display()),
             Self::SystemdCredential(p) => write!(f, "systemd credential {}", p.display()),
+            Self::NotLoaded => f.write_str("not loaded (this command does not use vCenter)"),
         }
     }
 }
@@ -326,7 +375,7 @@ struct FileConfig {
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
-    reconciler: ReconcilerConfig,
+    reconciler: ReconcilerSection,
     #[serde(default)]
     vcenters: Vec<VcenterFile>,
 }
@@ -358,6 +407,15 @@ impl Environment {
 /// Loads the configuration: `file` if given (it must exist), else [`DEFAULT_CONFIG_FILE`] if it
 /// exists, else built-in defaults; then environment overrides; then secrets.
 pub fn load(file: Option<&Path>, env: &Environment) -> Result<Config, ConfigError> {
+    load_with(file, env, Secrets::Load)
+}
+
+/// [`load`], reading the vCenter passwords or not (`secrets`); every other rule still applies.
+pub fn load_with(
+    file: Option<&Path>,
+    env: &Environment,
+    secrets: Secrets,
+) -> Result<Config, ConfigError> {
     let source = match file {
         Some(p) if !p.exists() => {
             return Err(ConfigError::MissingFile {
@@ -394,7 +452,7 @@ pub fn load(file: Option<&Path>, env: &Environment) -> Result<Config, ConfigErro
         .and_then(|c| c.try_deserialize())
         .map_err(|e| ConfigError::Parse(one_line(&e)))?;
 
-    let vcenters = resolve_vcenters(raw.vcenters, env)?;
+    let vcenters = resolve_vcenters(raw.vcenters, env, secrets)?;
     let cfg = Config {
         http: raw.http,
         database: raw.database,
@@ -493,6 +551,7 @@ fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError>
 fn resolve_vcenters(
     files: Vec<VcenterFile>,
     env: &Environment,
+    secrets: Secrets,
 ) -> Result<Vec<VcenterConfig>, ConfigError> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(files.len());
@@ -539,6 +598,9 @@ fn resolve_vcenters(
                     key("password"),
                     "set either password or password_file, not both",
                 ))
+            }
+            (None, _) if secrets == Secrets::Skip => {
+                (SecretString::from(""), PasswordSource::NotLoaded)
             }
             (Some(p), None) => {
                 if p.expose_secret().is_empty() {
@@ -603,6 +665,9 @@ fn resolve_vcenters(
         if v.call_timeout_secs == 0 {
             return Err(invalid(key("call_timeout_secs"), "must be at least 1"));
         }
+        if v.max_response_mib == 0 {
+            return Err(invalid(key("max_response_mib"), "must be at least 1"));
+        }
         out.push(VcenterConfig {
             name: v.name,
             url,
@@ -614,6 +679,7 @@ fn resolve_vcenters(
             insecure: v.insecure,
             connect_timeout_secs: v.connect_timeout_secs,
             call_timeout_secs: v.call_timeout_secs,
+            max_response_mib: v.max_response_mib,
         });
     }
     Ok(out)
@@ -641,6 +707,21 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.http.max_body_bytes == 0 {
         return Err(invalid("http.max_body_bytes", "must be at least 1"));
     }
+    match (&cfg.http.tls_cert_file, &cfg.http.tls_key_file) {
+        (Some(_), None) => {
+            return Err(invalid(
+                "http.tls_key_file",
+                "missing: tls_cert_file is set, so set tls_key_file to its private key (PEM)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "http.tls_cert_file",
+                "missing: tls_key_file is set, so set tls_cert_file to its certificate (PEM)",
+            ))
+        }
+        _ => {}
+    }
     let db_url = cfg.database.url.expose_secret();
     match url::Url::parse(db_url) {
         // The URL is not echoed: it may hold a password.
@@ -658,6 +739,21 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     }
     if cfg.database.max_connections == 0 {
         return Err(invalid("database.max_connections", "must be at least 1"));
+    }
+    if cfg.database.reconciler_connections < 2 {
+        return Err(invalid(
+            "database.reconciler_connections",
+            "must be at least 2 (one is held by LISTEN for pool changes)",
+        ));
+    }
+    if cfg.http.max_concurrent_requests == 0 {
+        return Err(invalid(
+            "http.max_concurrent_requests",
+            "must be at least 1",
+        ));
+    }
+    if cfg.http.request_timeout_secs == 0 {
+        return Err(invalid("http.request_timeout_secs", "must be at least 1"));
     }
     if cfg.database.connect_timeout_secs == 0 {
         return Err(invalid(
@@ -731,7 +827,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let cfg = load_text("", &env(&[])).unwrap();
         assert_eq!(cfg.http, HttpConfig::default());
-        assert_eq!(cfg.reconciler, ReconcilerConfig::default());
+        assert_eq!(cfg.reconciler, ReconcilerSection::default());
         assert_eq!(cfg.log, LogConfig::default());
         assert_eq!(
             cfg.database.redacted_url(),
@@ -765,18 +861,22 @@ mod tests {
         }
         let cfg = load_text(&enabled, &env(&[])).unwrap();
         assert_eq!(cfg.http, HttpConfig::default());
-        assert_eq!(cfg.reconciler, ReconcilerConfig::default());
+        assert_eq!(cfg.reconciler, ReconcilerSection::default());
         assert_eq!(cfg.log, LogConfig::default());
         assert_eq!(
             cfg.database.url.expose_secret(),
             DatabaseConfig::default().url.expose_secret()
         );
         assert_eq!(cfg.database.max_connections, 10);
+        assert_eq!(cfg.database.reconciler_connections, 4);
         for key in [
             "listen",
             "max_body_bytes",
+            "max_concurrent_requests",
+            "request_timeout_secs",
             "url",
             "max_connections",
+            "reconciler_connections",
             "connect_timeout_secs",
             "format",
             "level",
@@ -800,11 +900,19 @@ mod tests {
             "insecure",
             "connect_timeout_secs",
             "call_timeout_secs",
+            "max_response_mib",
         ] {
             assert!(
                 text.contains(&format!("#   {key} = "))
                     || text.contains(&format!("#   #   {key} ")),
                 "vcenters.{key} is not documented"
+            );
+        }
+        // Keys without a default are shown as an indented example.
+        for key in ["tls_cert_file", "tls_key_file"] {
+            assert!(
+                text.contains(&format!("#   {key} = ")),
+                "http.{key} is not documented"
             );
         }
     }
@@ -839,7 +947,7 @@ mod tests {
             .to_string();
         assert_eq!(
             msg,
-            "http.listen_addr: unknown key (expected `listen` or `max_body_bytes`)"
+            "http.listen_addr: unknown key (expected one of `listen`, `max_body_bytes`, `max_concurrent_requests`, `request_timeout_secs`, `tls_cert_file`, `tls_key_file`)"
         );
         let msg = load_text("[htp]\n", &env(&[])).unwrap_err().to_string();
         assert!(msg.starts_with("htp: unknown key"), "{msg}");
@@ -928,6 +1036,8 @@ mod tests {
             ("[log]\nlevel = \"info,[[\"\n", "log.level"),
             ("[reconciler]\nlease_ttl_secs = 0\n", "reconciler.lease_ttl_secs"),
             ("[http]\nlisten = \"nope\"\n", "http.listen"),
+            ("[http]\ntls_cert_file = \"/c.pem\"\n", "http.tls_key_file"),
+            ("[http]\ntls_key_file = \"/k.pem\"\n", "http.tls_cert_file"),
             (
                 "[[vcenters]]\nname = \"vc1\"\nurl = \"https://vc1/sdk\"\nusername = \"u\"\npassword = \"p\"\nthumbprint = \"zz\"\n",
                 "vcenters[0].thumbprint",

@@ -83,7 +83,14 @@ impl From<RoleArg> for deskpool_store::tokens::Role {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match config::load(cli.config.as_deref(), &config::Environment::from_process()) {
+    // `migrate` and `token` only use the database: they run as the service user, who cannot
+    // read the vCenter password that only the service is given.
+    let secrets = match cli.command {
+        Command::Migrate | Command::Token(_) => config::Secrets::Skip,
+        Command::Serve | Command::Check => config::Secrets::Load,
+    };
+    let env = config::Environment::from_process();
+    let cfg = match config::load_with(cli.config.as_deref(), &env, secrets) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("config error: {e}");

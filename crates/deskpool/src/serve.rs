@@ -36,13 +36,26 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     };
 
-    let pool = db::connect(&cfg.database).await?;
+    let databases = Databases {
+        api: db::connect(&cfg.database).await?,
+        reconciler: db::connect_sized(&cfg.database, cfg.database.reconciler_connections).await?,
+    };
     deskpool_store::MIGRATOR
-        .run(&pool)
+        .run(&databases.reconciler)
         .await
         .context("applying database migrations")?;
-    let app = build(&cfg, pool).await?;
+    let app = build(&cfg, databases).await?;
     app.run(shutdown).await
+}
+
+/// The daemon's two connection pools to one database: the API's, and the reconciler's own, so
+/// that no amount of HTTP traffic can take the connections the leader lease renews with.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    /// For HTTP requests (`database.max_connections`).
+    pub api: PgPool,
+    /// For the reconciler and its lease (`database.reconciler_connections`).
+    pub reconciler: PgPool,
 }
 
 /// The running daemon: its bound addresses and supervised tasks.
@@ -56,14 +69,14 @@ pub struct App {
 }
 
 /// Binds the listeners and spawns every task of the daemon.
-pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
+pub async fn build(cfg: &Config, databases: Databases) -> anyhow::Result<App> {
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("http.listen: cannot bind {}", cfg.http.listen))?;
     let http_addr = listener.local_addr().context("reading the bound address")?;
 
     let reconciler = deskpool_reconciler::Reconciler::new(
-        pool.clone(),
+        databases.reconciler,
         cfg.vcenters
             .iter()
             .map(|v| deskpool_reconciler::VcenterSpec {
@@ -74,22 +87,29 @@ pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
         cfg.reconciler.tunables(),
     );
     let api = deskpool_api::ApiState {
-        db: pool,
+        db: databases.api,
         vcenters: cfg.vcenters.iter().map(|v| v.name.clone()).collect(),
         health: Arc::new(ReconcilerHealth(reconciler.status())),
         metrics: deskpool_api::install_metrics_recorder(),
         max_body_bytes: cfg.http.max_body_bytes,
+        limits: deskpool_api::RequestLimits {
+            max_concurrent: cfg.http.max_concurrent_requests,
+            timeout: Duration::from_secs(cfg.http.request_timeout_secs),
+        },
     };
     let router = deskpool_api::router(api);
 
     let mut app = App::new(http_addr);
     let stop = app.shutdown.clone();
-    app.spawn("http server", async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .context("http server failed")
-    });
+    let scheme = if let Some((cert, key)) = cfg.http.tls_files() {
+        let tls = crate::tls::server_config(crate::tls::read_identity(cert, key)?)?;
+        let listener = crate::tls::TlsListener::new(listener, tls).context("http.listen")?;
+        app.spawn("http server", serve_until(listener, router, stop));
+        "https"
+    } else {
+        app.spawn("http server", serve_until(listener, router, stop));
+        "http"
+    };
     let stop = app.shutdown.clone();
     app.spawn("reconciler", async move {
         reconciler.run(stop.clone()).await?;
@@ -98,8 +118,24 @@ pub async fn build(cfg: &Config, pool: PgPool) -> anyhow::Result<App> {
         Ok(())
     });
 
-    tracing::info!(addr = %http_addr, "http listener ready");
+    tracing::info!(addr = %http_addr, scheme, "http listener ready");
     Ok(app)
+}
+
+/// Serves the router on `listener` (plain TCP or TLS) until `stop` is cancelled.
+async fn serve_until<L>(
+    listener: L,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .context("http server failed")
 }
 
 /// `/readyz` reads the reconciler's role and vCenter sessions through this.
@@ -107,12 +143,12 @@ struct ReconcilerHealth(deskpool_reconciler::StatusHandle);
 
 impl deskpool_api::Health for ReconcilerHealth {
     fn snapshot(&self) -> HealthSnapshot {
-        use deskpool_reconciler::Role;
+        use deskpool_reconciler::Leadership;
         HealthSnapshot {
             role: match self.0.role() {
-                Role::Leader => ReplicaRole::Leader,
-                Role::Standby => ReplicaRole::Standby,
-                Role::Starting => ReplicaRole::Starting,
+                Leadership::Leader => ReplicaRole::Leader,
+                Leadership::Standby => ReplicaRole::Standby,
+                Leadership::Starting => ReplicaRole::Starting,
             },
             vcenters: self
                 .0

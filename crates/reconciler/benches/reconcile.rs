@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deskpool_domain::{GuestOs, PoolSpec};
-use deskpool_reconciler::{Reconciler, ReconcilerConfig, Role, StatusHandle, VcenterSpec};
+use deskpool_reconciler::{Leadership, Reconciler, ReconcilerConfig, StatusHandle, VcenterSpec};
 use deskpool_store::pools;
 use deskpool_testkit::vcsim::{CloneRecord, Stats, Vcsim, VcsimOptions};
 use deskpool_vsphere::{Client, ClientOptions, LinkedCloneSpec, MoRef, TaskState};
@@ -262,7 +262,8 @@ impl Running {
         };
         // Leader with a vCenter session: measurements start from a warm daemon.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !(r.status.role() == Role::Leader && r.status.vcenters().iter().all(|v| v.connected))
+        while !(r.status.role() == Leadership::Leader
+            && r.status.vcenters().iter().all(|v| v.connected))
         {
             assert!(
                 Instant::now() < deadline,
@@ -624,6 +625,8 @@ async fn naive_fill(sim: &Vcsim, folder: &str, n: u32, c: u32, power_on_in_clone
         name: String::new(),
         folder: find(format!("DC0/vm/{folder}")).await,
         resource_pool: find("DC0/host/DC0_C0/Resources".into()).await,
+        // The simulator's cluster runs DRS: vCenter chooses the host.
+        host: None,
         datastore: None,
         snapshot: client
             .resolve_snapshot(&golden, "current")

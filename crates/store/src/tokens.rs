@@ -135,6 +135,17 @@ pub async fn create(
     Ok((row.try_into()?, secret))
 }
 
+/// Whether `secret` has the shape [`create`] gives every secret (`dpt_` and 64 lowercase hex
+/// digits): anything else cannot be a token, so it is refused without a database query.
+pub fn is_well_formed(secret: &str) -> bool {
+    secret.strip_prefix(SECRET_PREFIX).is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// The active token whose secret this is, if any. Marks it used (at most once a minute, so a
 /// busy client does not turn every read into a write).
 pub async fn authenticate(
@@ -185,4 +196,27 @@ pub async fn revoke(conn: &mut PgConnection, name: &str) -> Result<Token, StoreE
         name: name.to_owned(),
     })?
     .try_into()
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_shape_create_makes_is_well_formed() {
+        let good = format!("{SECRET_PREFIX}{}", hex::encode([0xabu8; 32]));
+        assert!(is_well_formed(&good));
+        for bad in [
+            "",
+            "dpt_",
+            "nope",
+            &good[..good.len() - 1],
+            &format!("{good}0"),
+            &good.to_uppercase(),
+            &good.replace("dpt_", "dpx_"),
+            &format!("dpt_{}", "g".repeat(64)),
+        ] {
+            assert!(!is_well_formed(bad), "{bad:?}");
+        }
+    }
 }

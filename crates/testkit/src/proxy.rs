@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -26,6 +29,12 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free loopback port and forwards every connection to `target`.
     pub async fn start(target: SocketAddr) -> Proxy {
+        Self::start_with_latency(target, Duration::ZERO).await
+    }
+
+    /// Like [`Proxy::start`], but every chunk waits `latency` before it is passed on (each
+    /// way), so one query round trip costs at least twice that: a slow or distant server.
+    pub async fn start_with_latency(target: SocketAddr, latency: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy: bind");
         let addr = listener.local_addr().expect("proxy: local addr");
         let state = Arc::new(State::default());
@@ -41,9 +50,16 @@ impl Proxy {
                     continue;
                 }
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    if latency.is_zero() {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
                     }
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(delayed_copy(cr, sw, latency), delayed_copy(sr, cw, latency));
                 });
                 s.conns
                     .lock()
@@ -77,6 +93,26 @@ impl Proxy {
     pub fn restore(&self) {
         self.state.open.store(true, Ordering::SeqCst);
     }
+}
+
+/// Copies `from` to `to`, holding each chunk back for `latency`.
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    latency: Duration,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        tokio::time::sleep(latency).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for Proxy {

@@ -337,6 +337,49 @@ impl Vcsim {
         self.post("/config", cfg).await;
     }
 
+    /// Objects living in SOAP sessions by type (`PropertyCollector`, `ContainerView`,
+    /// `ListView`), over every session: what a client made and did not destroy.
+    pub async fn session_objects(&self) -> BTreeMap<String, u64> {
+        self.get("/session-objects").await
+    }
+
+    /// Makes a VM inaccessible as a datastore outage does on vCenter
+    /// (`runtime.connectionState = inaccessible`, `config.*` answered in a `missingSet`), or
+    /// accessible again.
+    pub async fn set_vm_inaccessible(&self, moref: &str, inaccessible: bool) {
+        self.post(
+            "/vms/inaccessible",
+            serde_json::json!({ "moref": moref, "inaccessible": inaccessible }),
+        )
+        .await;
+    }
+
+    /// Turns DRS of a cluster (e.g. `DC0_C0`) on or off. With DRS off, clones into the
+    /// cluster fail with `InvalidArgument` unless `RelocateSpec.host` is set, as on vCenter.
+    pub async fn set_cluster_drs(&self, cluster: &str, enabled: bool) {
+        self.post(
+            "/clusters/drs",
+            serde_json::json!({ "cluster": cluster, "enabled": enabled }),
+        )
+        .await;
+    }
+
+    /// Sets a host's state: any subset of `{"memory_mb": n, "maintenance": bool,
+    /// "connected": bool}` (`summary.quickStats.overallMemoryUsage`,
+    /// `runtime.inMaintenanceMode`, `runtime.connectionState`).
+    pub async fn set_host_state(&self, host: &str, state: serde_json::Value) {
+        let mut body = state;
+        body["host"] = serde_json::Value::from(host);
+        self.post("/hosts/state", body).await;
+    }
+
+    /// Changes the password later `Login`s need (a password rotated on vCenter); open
+    /// sessions stay valid. `self.password` keeps the start-up one.
+    pub async fn set_password(&self, password: &str) {
+        self.post("/password", serde_json::json!({ "password": password }))
+            .await;
+    }
+
     /// Removes every snapshot of the golden VM (clones naming one then fail
     /// with `ManagedObjectNotFound`).
     pub async fn remove_snapshots(&self) {

@@ -4,8 +4,13 @@
 mod common;
 
 mod access;
+mod floor;
 mod fuzz;
+mod gauges;
 mod input;
+mod limits;
 mod logs;
 mod ops;
 mod pools;
+mod tokens;
+mod ui;
