@@ -6,8 +6,9 @@
 #
 # Starts PostgreSQL if needed, builds the simulator and deskpool (release), starts the
 # simulator on 127.0.0.1:18989 and deskpool on 127.0.0.1:18080 (config/demo.toml, database
-# deskpool_demo), creates an admin token, defines the pool "demo" through the HTTP API and
-# shows its progress. Everything it started except PostgreSQL is stopped on exit.
+# deskpool_demo), creates an admin token, defines the pool "demo" through the HTTP API, prints
+# the web page's URL with a helpdesk token to sign in with, and shows the pool's progress.
+# Everything it started except PostgreSQL is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$(pwd)"
@@ -16,7 +17,7 @@ run_for=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --for) run_for="${2:?--for needs a number of seconds}"; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "demo: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -116,6 +117,16 @@ case "$code" in
     201|200) say "defined pool 'demo' (target 5 desktops)" ;;
     *) die "POST /api/v1/pools answered $code: $(cat "$work/create.json")" ;;
 esac
+
+# A helpdesk token for the web page, made through the token API (the admin is the actor).
+code="$(curl -sS -o "$work/helpdesk.json" -w '%{http_code}' "${auth[@]}" \
+    -H 'Content-Type: application/json' -X POST \
+    --data "{\"name\": \"helpdesk-$(date +%H%M%S)\", \"role\": \"helpdesk\"}" "$api/api/v1/tokens")"
+[[ "$code" == 201 ]] || die "POST /api/v1/tokens answered $code: $(cat "$work/helpdesk.json")"
+helpdesk="$(sed -n 's/.*"secret":"\([^"]*\)".*/\1/p' "$work/helpdesk.json")"
+rm -f "$work/helpdesk.json"
+say "web page: $api/ui/  (it shows pool 'demo' filling)"
+say "sign in with this helpdesk token: $helpdesk"
 
 say "watching pool 'demo' (Ctrl-C to stop); deskpool's log lines about desktops follow"
 # deskpool's own progress log (one line per clone started/finished, power-on, ready).

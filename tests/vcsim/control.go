@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"reflect"
 	"sort"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
@@ -20,11 +23,29 @@ import (
 //	                       injected_clone_failures, duplicate_name_errors, clones_in_flight,
 //	                       max_clones_in_flight, clones_in_flight_by_folder,
 //	                       max_clones_in_flight_by_folder, vm_count, config
-//	POST /stats/reset      zero counters and maxima
+//	POST /stats/reset      zero counters and maxima, forget the clone timeline
+//	GET  /clones           every CloneVM_Task since the last reset, in arrival order:
+//	                       [{name,folder,received_us,done_us,ok,power_on}] (Unix microseconds;
+//	                       done_us 0 while running)
 //	POST /sessions/expire  terminate all SOAP sessions ({"expired":n})
 //	GET|POST /config       {"clone_delay_ms","power_delay_ms","clone_fail_rate","fail_leave_vm_rate"} (any subset)
+//	POST /password         {"password":"new"}: later Logins need it (a rotated password);
+//	                       sessions already open stay valid
 //	POST /snapshots/remove remove all snapshots of the golden VM
 //	POST /folders          {"name":"pool-a"} -> {"moref","created","path"} (DC0/vm/NAME, idempotent)
+//	GET  /session-objects  {"PropertyCollector":n,"ContainerView":n,"ListView":n,...}: objects
+//	                       that live in SOAP sessions (made by CreatePropertyCollector,
+//	                       CreateContainerView, CreateListView), counted over every session
+//	POST /vms/inaccessible {"moref":"vm-1","inaccessible":true}: the VM's datastore "goes
+//	                       away" as vCenter shows it: runtime.connectionState = inaccessible
+//	                       and config unset, so reads of config.* answer with a missingSet;
+//	                       false restores the config and connectionState = connected
+//	POST /clusters/drs     {"cluster":"DC0_C0","enabled":false}: DRS off; clones into the
+//	                       cluster then fail with InvalidArgument unless
+//	                       spec.location.host is set, as on vCenter
+//	POST /hosts/state      {"host":"DC0_C0_H1","memory_mb":n,"maintenance":bool,
+//	                       "connected":bool} (any subset): summary.quickStats.
+//	                       overallMemoryUsage, runtime.inMaintenanceMode, connectionState
 //	GET  /vms[?folder=X]   [{name,moref,power_state,instance_uuid,extra_config,folder,folder_moref,
 //	                       snapshots,current_snapshot}] (X = folder name or moref)
 //	POST /vms/copy, GET|POST /faults: see copies.go
@@ -32,10 +53,16 @@ func (h *harness) controlMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/stats", h.only(http.MethodGet, h.handleStats))
 	mux.HandleFunc("/stats/reset", h.only(http.MethodPost, h.handleResetStats))
+	mux.HandleFunc("/clones", h.only(http.MethodGet, h.handleClones))
 	mux.HandleFunc("/sessions/expire", h.only(http.MethodPost, h.handleExpireSessions))
 	mux.HandleFunc("/config", h.handleConfig)
+	mux.HandleFunc("/password", h.only(http.MethodPost, h.handleSetPassword))
 	mux.HandleFunc("/snapshots/remove", h.only(http.MethodPost, h.handleRemoveSnapshots))
 	mux.HandleFunc("/folders", h.only(http.MethodPost, h.handleCreateFolder))
+	mux.HandleFunc("/session-objects", h.only(http.MethodGet, h.handleSessionObjects))
+	mux.HandleFunc("/vms/inaccessible", h.only(http.MethodPost, h.handleInaccessible))
+	mux.HandleFunc("/clusters/drs", h.only(http.MethodPost, h.handleClusterDrs))
+	mux.HandleFunc("/hosts/state", h.only(http.MethodPost, h.handleHostState))
 	mux.HandleFunc("/vms", h.only(http.MethodGet, h.handleVMs))
 	h.registerSafety(mux)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]bool{"ok": true}) })
@@ -111,6 +138,8 @@ func (h *harness) handleResetStats(w http.ResponseWriter, _ *http.Request) {
 	h.mu.Lock()
 	old := h.stats
 	h.stats = newCounters()
+	h.clones = nil
+	h.clonesGen++
 	h.stats.inFlight = old.inFlight
 	h.stats.maxInFlight = old.inFlight
 	for k, v := range old.inFlightByFolder {
@@ -121,6 +150,13 @@ func (h *harness) handleResetStats(w http.ResponseWriter, _ *http.Request) {
 	}
 	h.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+func (h *harness) handleClones(w http.ResponseWriter, _ *http.Request) {
+	h.mu.Lock()
+	out := append([]cloneRecord{}, h.clones...)
+	h.mu.Unlock()
+	writeJSON(w, http.StatusOK, out)
 }
 
 // handleExpireSessions terminates every session known to the SessionManager:
@@ -187,6 +223,22 @@ func (h *harness) handleConfig(w http.ResponseWriter, r *http.Request) {
 		"clone_fail_rate":    cfg.failRate,
 		"fail_leave_vm_rate": cfg.leaveVMRate,
 	})
+}
+
+// handleSetPassword changes the password the simulator's Login accepts (it reads
+// Service.Listen.User on every Login).
+func (h *harness) handleSetPassword(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Password string `json:"password"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Password == "" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("body must be {\"password\":\"...\"}"))
+		return
+	}
+	h.mu.Lock()
+	h.setPassword(in.Password)
+	h.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }
 
 func (h *harness) handleRemoveSnapshots(w http.ResponseWriter, r *http.Request) {
@@ -283,3 +335,148 @@ func countSnapshots(l []types.VirtualMachineSnapshotTree) int {
 	}
 	return n
 }
+
+// handleSessionObjects counts the objects kept in each session's own registry. govmomi
+// 0.24.2 exposes neither the session map nor a registry's objects, so this reads them with
+// reflection (test harness only), taking each registry's lock as Registry.All does.
+func (h *harness) handleSessionObjects(w http.ResponseWriter, _ *http.Request) {
+	counts := map[string]int{}
+	sessions := reflect.ValueOf(simulator.Map.SessionManager()).Elem().FieldByName("sessions")
+	for _, key := range sessions.MapKeys() {
+		reg := sessions.MapIndex(key).FieldByName("Registry")
+		if reg.IsNil() {
+			continue
+		}
+		r := reg.Elem()
+		mu := (*sync.Mutex)(unsafe.Pointer(r.FieldByName("m").UnsafeAddr()))
+		mu.Lock()
+		for _, ref := range r.FieldByName("objects").MapKeys() {
+			counts[ref.FieldByName("Type").String()]++
+		}
+		mu.Unlock()
+	}
+	writeJSON(w, http.StatusOK, counts)
+}
+
+func (h *harness) handleInaccessible(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Moref        string `json:"moref"`
+		Inaccessible bool   `json:"inaccessible"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Moref == "" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("body must be {\"moref\":\"vm-N\",\"inaccessible\":true|false}"))
+		return
+	}
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: in.Moref}
+	vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+	if !ok {
+		writeErr(w, http.StatusNotFound, fmt.Errorf("no VM %s", in.Moref))
+		return
+	}
+	state := types.VirtualMachineConnectionStateConnected
+	h.mu.Lock()
+	if in.Inaccessible {
+		state = types.VirtualMachineConnectionStateInaccessible
+		simulator.Map.WithLock(vm, func() {
+			if vm.Config != nil {
+				h.hiddenConfig[ref] = vm.Config
+				vm.Config = nil
+			}
+		})
+	} else if cfg, ok := h.hiddenConfig[ref]; ok {
+		delete(h.hiddenConfig, ref)
+		simulator.Map.WithLock(vm, func() { vm.Config = cfg })
+	}
+	h.mu.Unlock()
+	// Through the registry so property collectors (WaitForUpdatesEx) see the change.
+	simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.connectionState", Val: state}})
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+func (h *harness) handleClusterDrs(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Cluster string `json:"cluster"`
+		Enabled bool   `json:"enabled"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Cluster == "" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("body must be {\"cluster\":\"NAME\",\"enabled\":bool}"))
+		return
+	}
+	for _, e := range simulator.Map.All("ClusterComputeResource") {
+		c := e.(*simulator.ClusterComputeResource)
+		if c.Name != in.Cluster {
+			continue
+		}
+		simulator.Map.WithLock(c, func() {
+			if cfg, ok := c.ConfigurationEx.(*types.ClusterConfigInfoEx); ok {
+				cfg.DrsConfig.Enabled = types.NewBool(in.Enabled)
+			}
+		})
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+		return
+	}
+	writeErr(w, http.StatusNotFound, fmt.Errorf("no cluster %q", in.Cluster))
+}
+
+func (h *harness) handleHostState(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Host        string `json:"host"`
+		MemoryMB    *int32 `json:"memory_mb"`
+		Maintenance *bool  `json:"maintenance"`
+		Connected   *bool  `json:"connected"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&in); err != nil || in.Host == "" {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("body must be {\"host\":\"NAME\",...}"))
+		return
+	}
+	for _, e := range simulator.Map.All("HostSystem") {
+		host := e.(*simulator.HostSystem)
+		if host.Name != in.Host {
+			continue
+		}
+		simulator.Map.WithLock(host, func() {
+			if in.MemoryMB != nil {
+				host.Summary.QuickStats.OverallMemoryUsage = *in.MemoryMB
+			}
+			if in.Maintenance != nil {
+				host.Runtime.InMaintenanceMode = *in.Maintenance
+			}
+			if in.Connected != nil {
+				host.Runtime.ConnectionState = types.HostSystemConnectionStateConnected
+				if !*in.Connected {
+					host.Runtime.ConnectionState = types.HostSystemConnectionStateDisconnected
+				}
+			}
+		})
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+		return
+	}
+	writeErr(w, http.StatusNotFound, fmt.Errorf("no host %q", in.Host))
+}
+
+// needsHost: the clone's resource pool belongs to a cluster with DRS off and the spec names
+// no host, which vCenter refuses.
+func needsHost(spec *types.VirtualMachineCloneSpec) bool {
+	if spec.Location.Host != nil || spec.Location.Pool == nil {
+		return false
+	}
+	rp, ok := simulator.Map.Get(*spec.Location.Pool).(*simulator.ResourcePool)
+	if !ok {
+		return false
+	}
+	var owner types.ManagedObjectReference
+	simulator.Map.WithLock(rp, func() { owner = rp.Owner })
+	c, ok := simulator.Map.Get(owner).(*simulator.ClusterComputeResource)
+	if !ok {
+		return false
+	}
+	off := false
+	simulator.Map.WithLock(c, func() {
+		if cfg, ok := c.ConfigurationEx.(*types.ClusterConfigInfoEx); ok {
+			off = !isTrue(cfg.DrsConfig.Enabled)
+		}
+	})
+	return off
+}
+
+func isTrue(b *bool) bool { return b != nil && *b }

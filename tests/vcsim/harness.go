@@ -54,6 +54,18 @@ func newCounters() counters {
 	}
 }
 
+// cloneRecord is one CloneVM_Task's timeline, for benchmarks that measure how soon a freed
+// clone slot is used again: wall-clock microseconds since the Unix epoch (the clock the
+// database and the benchmark read too), done 0 while the task runs.
+type cloneRecord struct {
+	Name       string `json:"name"`
+	Folder     string `json:"folder"`
+	ReceivedUs int64  `json:"received_us"`
+	DoneUs     int64  `json:"done_us"`
+	Ok         bool   `json:"ok"`
+	PowerOn    bool   `json:"power_on"`
+}
+
 type nameKey struct {
 	folder types.ManagedObjectReference
 	name   string
@@ -73,8 +85,18 @@ type harness struct {
 	rng      *rand.Rand
 	stats    counters
 	reserved map[nameKey]bool // clone names in flight per folder
+	clones   []cloneRecord    // every CloneVM_Task since the last stats reset, in arrival order
+	// clonesGen counts stats resets, so a clone started before one does not write into the
+	// new list.
+	clonesGen int
 
 	pages *pager // RetrievePropertiesEx results not yet read (paging.go)
+
+	// hiddenConfig holds the config of VMs made inaccessible (POST /vms/inaccessible).
+	hiddenConfig map[types.ManagedObjectReference]*types.VirtualMachineConfigInfo
+
+	// setPassword replaces the password Login accepts (called under mu).
+	setPassword func(string)
 }
 
 func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {
@@ -92,6 +114,8 @@ func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {
 		stats:    newCounters(),
 		reserved: map[nameKey]bool{},
 		pages:    newPager(),
+
+		hiddenConfig: map[types.ManagedObjectReference]*types.VirtualMachineConfigInfo{},
 	}
 }
 
@@ -345,9 +369,12 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 	folderName := entityName(req.Folder)
 	key := nameKey{req.Folder, req.Name}
 
+	received := time.Now().UnixMicro()
 	h.mu.Lock()
 	cfg := h.cfg
 	st := &h.stats
+	record := len(h.clones)
+	h.clones = append(h.clones, cloneRecord{Name: req.Name, Folder: folderName, ReceivedUs: received, PowerOn: req.Spec.PowerOn})
 	st.cloneRequests++
 	if !isLinkedClone(&req.Spec) {
 		st.nonLinked++
@@ -368,9 +395,15 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 	leave := fail && cfg.leaveVMRate > 0 && h.rng.Float64() < cfg.leaveVMRate
 	h.mu.Unlock()
 
+	gen := h.clonesGen
 	finish := func(ok bool) {
+		done := time.Now().UnixMicro()
 		h.mu.Lock()
 		defer h.mu.Unlock()
+		if gen == h.clonesGen && record < len(h.clones) {
+			h.clones[record].DoneUs = done
+			h.clones[record].Ok = ok
+		}
 		if !duplicate {
 			delete(h.reserved, key)
 		}
@@ -399,6 +432,9 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 		}
 		if f := h.checkSnapshot(req); f != nil {
 			return nil, f
+		}
+		if needsHost(&req.Spec) {
+			return nil, &types.InvalidArgument{InvalidProperty: "spec.location.host"}
 		}
 
 		time.Sleep(cfg.cloneDelay)
@@ -438,6 +474,9 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 			return nil, injected
 		}
 		if req.Spec.PowerOn {
+			// vCenter powers the clone on inside the clone task: the task ends once the VM
+			// runs, so the power-on latency is part of the clone's.
+			time.Sleep(cfg.powerDelay)
 			pres, err := methods.PowerOnVM_Task(context.Background(), h.client, &types.PowerOnVM_Task{This: vm})
 			if err != nil {
 				return nil, faultOf(err)

@@ -152,6 +152,9 @@ func main() {
 	}
 
 	h := newHarness(o, client, model.Service.ServeMux)
+	h.setPassword = func(p string) {
+		model.Service.Listen = &url.URL{Host: model.Service.Listen.Host, User: url.UserPassword(o.username, p)}
+	}
 	if err := h.setupInventory(ctx); err != nil {
 		fail("inventory: %v", err)
 	}

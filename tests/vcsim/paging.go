@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 
@@ -119,14 +120,22 @@ func (h *harness) paging(w http.ResponseWriter, r *http.Request, name string, bo
 	switch req := method.Body.(type) {
 	case *types.RetrievePropertiesEx:
 		limit := h.effectiveLimit(req.Options.MaxObjects)
-		if limit == 0 {
+		hidden := h.inaccessibleVMs()
+		if limit == 0 && len(hidden) == 0 {
 			return false
 		}
 		rec := httptest.NewRecorder()
 		h.inner.ServeHTTP(rec, r)
 		objs, ok := splitObjects(rec.Body.Bytes())
-		if rec.Code != http.StatusOK || !ok || len(objs) <= limit {
+		if rec.Code != http.StatusOK || !ok {
 			copyResponse(w, rec)
+			return true
+		}
+		if len(hidden) > 0 {
+			objs = markMissing(objs, hidden, configPaths(req.SpecSet))
+		}
+		if limit == 0 || len(objs) <= limit {
+			writeOK(w, retrieveResultXML(name, "", objs))
 			return true
 		}
 		tok := h.pages.store(&pagedResult{session: session, collector: req.This, pageSize: limit, rest: objs[limit:]})
@@ -237,4 +246,61 @@ func copyResponse(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
 	}
 	w.WriteHeader(rec.Code)
 	_, _ = w.Write(rec.Body.Bytes())
+}
+
+// inaccessibleVMs: the morefs of VMs made inaccessible (POST /vms/inaccessible).
+func (h *harness) inaccessibleVMs() map[string]bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]bool, len(h.hiddenConfig))
+	for ref := range h.hiddenConfig {
+		out[ref.Value] = true
+	}
+	return out
+}
+
+var (
+	objVM      = regexp.MustCompile(`<obj type="VirtualMachine">([^<]*)</obj>`)
+	configProp = regexp.MustCompile(`<propSet><name>config[^<]*</name>.*?</propSet>`)
+)
+
+// configPaths: the config.* properties asked of VirtualMachines.
+func configPaths(specs []types.PropertyFilterSpec) []string {
+	var out []string
+	for _, s := range specs {
+		for _, ps := range s.PropSet {
+			if ps.Type != "VirtualMachine" {
+				continue
+			}
+			for _, p := range ps.PathSet {
+				if p == "config" || strings.HasPrefix(p, "config.") {
+					out = append(out, p)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// markMissing answers the config.* properties of inaccessible VMs as vCenter does, in
+// missingSet with a fault, where 0.24.2 leaves them out (config is nil).
+func markMissing(objs [][]byte, hidden map[string]bool, paths []string) [][]byte {
+	out := make([][]byte, len(objs))
+	for i, o := range objs {
+		m := objVM.FindSubmatch(o)
+		end := bytes.LastIndex(o, []byte("</objects>"))
+		if m == nil || !hidden[string(m[1])] || end < 0 {
+			out[i] = o
+			continue
+		}
+		rest := configProp.ReplaceAll(o[:end], nil)
+		b := append([]byte{}, rest...)
+		for _, p := range paths {
+			path := xmlEscape(p)
+			b = append(b, `<missingSet><path>`+path+`</path><fault><fault xsi:type="InvalidProperty"><name>`+
+				path+`</name></fault><localizedMessage>the VM's configuration cannot be read: its datastore is inaccessible</localizedMessage></fault></missingSet>`...)
+		}
+		out[i] = append(b, o[end:]...)
+	}
+	return out
 }

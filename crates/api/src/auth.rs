@@ -45,6 +45,8 @@ impl MinRole for Admin {
 pub(crate) struct Caller<R> {
     /// The token's name: the actor of events.
     pub name: String,
+    /// The token's role (at least `R::ROLE`).
+    pub role: Role,
     _min: PhantomData<R>,
 }
 
@@ -94,6 +96,7 @@ impl<R: MinRole> FromRequestParts<AppState> for Caller<R> {
         }
         Ok(Caller {
             name: token.name,
+            role: token.role,
             _min: PhantomData,
         })
     }

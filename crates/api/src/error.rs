@@ -130,9 +130,10 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid { constraint, message } => match constraint.as_str() {
                 "pools_size_bounds" => Self::invalid("target_size", message.clone()),
                 "pools_name_slug" => Self::invalid("name", message.clone()),
-                "pools_state" => Self::new(StatusCode::CONFLICT, "pool_deleting", message.clone()),
                 _ => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message.clone()),
             },
+            StoreError::PoolDeleting { .. } => Self::new(StatusCode::CONFLICT, "pool_deleting", e.to_string()),
+            StoreError::VcenterFixed { .. } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string()),
             StoreError::VersionMismatch { current } => Self::new(
                 StatusCode::PRECONDITION_FAILED,
                 "version_mismatch",

@@ -21,6 +21,7 @@ mod desktops;
 mod error;
 mod events;
 mod extract;
+mod gauges;
 mod limits;
 mod metrics_setup;
 mod model;
@@ -28,6 +29,8 @@ mod observe;
 mod openapi;
 mod ops;
 mod pools;
+mod tokens;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +49,7 @@ pub use model::{
     VcenterHealth,
 };
 pub use openapi::openapi;
+pub use tokens::{CreatedToken, NewToken, Permissions, TokenList, TokenView, Whoami};
 
 /// Everything the API needs from the process that serves it.
 #[derive(Clone)]
@@ -153,6 +157,10 @@ fn table() -> Table {
             desktops::delete,
         )
         .add(Method::GET, "/api/v1/events", events::list)
+        .add(Method::GET, "/api/v1/whoami", tokens::whoami)
+        .add(Method::GET, "/api/v1/tokens", tokens::list)
+        .add(Method::POST, "/api/v1/tokens", tokens::create)
+        .add(Method::DELETE, "/api/v1/tokens/{name}", tokens::revoke)
         .add(Method::GET, "/openapi.json", openapi::openapi_json)
         .add(Method::GET, "/healthz", ops::healthz)
         .add(Method::GET, "/readyz", ops::readyz)
@@ -171,6 +179,8 @@ pub fn router(state: ApiState) -> Router {
     let limits = state.limits;
     table()
         .router
+        // The web page is not part of the API (nor of its OpenAPI document).
+        .merge(ui::router())
         .fallback(|method: Method, uri: http::Uri| async move {
             ApiError::not_found(format!("no route for {method} {}", uri.path()))
         })

@@ -7,7 +7,7 @@ use http::header;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{desktops, error, events, model, ops, pools};
+use crate::{desktops, error, events, model, ops, pools, tokens};
 
 struct BearerAuth;
 
@@ -29,6 +29,7 @@ impl Modify for BearerAuth {
         pools::pause, pools::resume,
         desktops::list, desktops::get, desktops::delete,
         events::list,
+        tokens::whoami, tokens::list, tokens::create, tokens::revoke,
         ops::healthz, ops::readyz, ops::metrics, openapi_json,
     ),
     components(schemas(
@@ -37,6 +38,8 @@ impl Modify for BearerAuth {
         model::PoolView, model::PoolStatus, model::PoolStateView, model::PoolList, model::Resize,
         model::DesktopView, model::DesktopStateView, model::DesktopPage,
         model::EventView, model::EventPage,
+        tokens::TokenView, tokens::TokenList, tokens::NewToken, tokens::CreatedToken,
+        tokens::Permissions, tokens::Whoami,
         model::Alive, model::Readiness, model::DbHealth, model::ReplicaRole, model::VcenterHealth,
     )),
     modifiers(&BearerAuth),
@@ -44,6 +47,7 @@ impl Modify for BearerAuth {
         (name = "pools", description = "Pool definitions and sizing"),
         (name = "desktops", description = "Desktops of a pool"),
         (name = "events", description = "Audit trail"),
+        (name = "tokens", description = "API tokens (admin) and the caller's own"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]

@@ -114,6 +114,7 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
             p.spec.target_size
         );
     }
+    out.push_str(&crate::gauges::pool_states(&all));
     Ok(out)
 }
 
@@ -127,6 +128,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
+    out.push_str(&crate::gauges::health(&state.health.snapshot()));
     let up = match db_gauges(&state).await {
         Ok(gauges) => {
             out.push_str(&gauges);

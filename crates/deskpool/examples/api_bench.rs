@@ -16,9 +16,13 @@
 //!    so the reconciler keeps cloning and destroying meanwhile) alternating with
 //!    `GET /api/v1/pools`, at `--rate` requests/s for `--seconds`; latency is measured from each
 //!    request's scheduled start. Target: p99 < 20 ms.
+//!    Meanwhile: the CPU seconds the daemon, the simulator and PostgreSQL used (from
+//!    `/proc/<pid>/stat`), and the daemon's database transactions (`pg_stat_database`) per
+//!    API request and per clone, so a miss can be attributed.
 //! 2. Resize -> first `CloneVM_Task` at the simulator: on an idle pool at target 0, PATCH it to
 //!    1 and poll the simulator's counters every ~2 ms. Target: < 200 ms.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -190,7 +194,190 @@ impl Api {
     }
 }
 
-async fn load(api: &Api, pools: &[String], args: &Args) -> anyhow::Result<()> {
+// ---------------------------------------------------------------------------------------------
+// What the load costs: CPU per process and database transactions
+
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU ticks of a process so far; None once it is gone.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    // What follows starts at field 3, so utime (14) and stime (15) are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Every PostgreSQL server process on this machine (postmaster, backends, background workers).
+fn postgres_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .collect()
+}
+
+/// CPU ticks of the processes the load runs through, at one moment.
+struct CpuSnapshot {
+    at: Instant,
+    daemon: u64,
+    simulator: u64,
+    postgres: BTreeMap<u32, u64>,
+    this: u64,
+}
+
+impl CpuSnapshot {
+    fn take(daemon: u32, simulator: u32) -> CpuSnapshot {
+        CpuSnapshot {
+            at: Instant::now(),
+            daemon: cpu_ticks(daemon).unwrap_or(0),
+            simulator: cpu_ticks(simulator).unwrap_or(0),
+            postgres: postgres_pids()
+                .into_iter()
+                .filter_map(|p| Some((p, cpu_ticks(p)?)))
+                .collect(),
+            this: cpu_ticks(std::process::id()).unwrap_or(0),
+        }
+    }
+
+    /// Prints what each used since `before`. `bench_backends` are the PostgreSQL backends
+    /// serving the scratch database.
+    fn print_since(&self, before: &CpuSnapshot, bench_backends: &[u32]) {
+        let tick = clock_ticks();
+        let window = self.at.duration_since(before.at).as_secs_f64();
+        // A process that was not there at the start started during the window: all its time
+        // counts. One that ended during the window is lost (counted below).
+        let used = |pid: &u32, now: &u64| now - before.postgres.get(pid).copied().unwrap_or(0);
+        let pg_all: u64 = self.postgres.iter().map(|(p, t)| used(p, t)).sum();
+        let pg_bench: u64 = self
+            .postgres
+            .iter()
+            .filter(|(p, _)| bench_backends.contains(p))
+            .map(|(p, t)| used(p, t))
+            .sum();
+        let ended = before
+            .postgres
+            .keys()
+            .filter(|p| !self.postgres.contains_key(p))
+            .count();
+        let cpu = |ticks: u64| ticks as f64 / tick;
+        let line = |who: &str, ticks: u64| {
+            println!(
+                "  {who:<48} {:>6.2} s = {:>5.1} % of one core",
+                cpu(ticks),
+                100.0 * cpu(ticks) / window
+            )
+        };
+        println!(
+            "CPU during the load ({window:.1} s; {} cores; /proc/<pid>/stat utime + stime):",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        line("deskpool serve", self.daemon - before.daemon);
+        line(
+            "simulator (deskpool-vcsim)",
+            self.simulator - before.simulator,
+        );
+        line(
+            &format!("PostgreSQL, all {} processes", self.postgres.len()),
+            pg_all,
+        );
+        line(
+            &format!(
+                "  of which the {} backends of the bench database",
+                bench_backends.len()
+            ),
+            pg_bench,
+        );
+        line("this load generator", self.this - before.this);
+        if ended > 0 {
+            println!(
+                "  ({ended} PostgreSQL processes ended during the load; their time is not counted)"
+            );
+        }
+        println!("  note: PostgreSQL serves every user of this machine; the other processes include other databases' backends");
+    }
+}
+
+/// The daemon's database work as PostgreSQL counts it: transactions (commits + rollbacks) in
+/// the scratch database, from `pg_stat_database`. A backend reports its counts when idle, at
+/// most once a second and at the latest 10 s later, so a reading waits [`STATS_LAG`] first.
+struct DbCounter {
+    admin: tokio::sync::Mutex<PgConnection>,
+    name: String,
+}
+
+/// How long PostgreSQL may keep a backend's counts before reporting them (PGSTAT_IDLE_INTERVAL
+/// is 10 s), plus a margin.
+const STATS_LAG: Duration = Duration::from_secs(11);
+
+impl DbCounter {
+    async fn transactions(&self) -> anyhow::Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&mut *self.admin.lock().await)
+        .await?;
+        Ok(n)
+    }
+
+    /// PostgreSQL backends serving the scratch database now.
+    async fn backends(&self) -> anyhow::Result<Vec<u32>> {
+        let pids: Vec<(i32,)> =
+            sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+                .bind(&self.name)
+                .fetch_all(&mut *self.admin.lock().await)
+                .await?;
+        Ok(pids.into_iter().map(|(p,)| p as u32).collect())
+    }
+}
+
+/// Transactions per request of one kind on an idle daemon: `n` requests one after another,
+/// then the wait for PostgreSQL's counts, less what the idle daemon does in as long
+/// (`idle_per_sec`: lease renewals and the like).
+async fn transactions_per(
+    db: &DbCounter,
+    n: u32,
+    idle_per_sec: f64,
+    request: impl Fn(u32) -> reqwest::RequestBuilder,
+) -> anyhow::Result<f64> {
+    let before = db.transactions().await?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        let res = request(i).send().await?;
+        ensure!(
+            res.status().is_success(),
+            "calibration request: {}",
+            res.status()
+        );
+        res.bytes().await?;
+    }
+    tokio::time::sleep(STATS_LAG).await;
+    let idle = idle_per_sec * t0.elapsed().as_secs_f64();
+    Ok(((db.transactions().await? - before) as f64 - idle) / f64::from(n))
+}
+
+/// Transactions per second of the idle daemon.
+async fn idle_transactions(db: &DbCounter) -> anyhow::Result<f64> {
+    let before = db.transactions().await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(STATS_LAG * 2).await;
+    Ok((db.transactions().await? - before) as f64 / t0.elapsed().as_secs_f64())
+}
+
+async fn load(api: &Api, pools: &[String], args: &Args) -> anyhow::Result<u64> {
     let total = u64::from(args.rate) * u64::from(args.seconds);
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     println!(
@@ -280,14 +467,11 @@ async fn load(api: &Api, pools: &[String], args: &Args) -> anyhow::Result<()> {
             println!("  first error: {first:?} (None: no HTTP answer)");
         }
     }
-    Ok(())
+    Ok(total)
 }
 
-async fn resize_to_clone(api: &Api, sim: &Vcsim, pools: &[String], n: u32) -> anyhow::Result<()> {
-    println!(
-        "\n== resize -> first CloneVM_Task at the simulator: {n} samples, each on an idle pool at target 0 (PATCH to 1, poll the simulator every ~2 ms)"
-    );
-    // Settle: every pool back to 0 and every desktop gone, so each sample starts idle.
+/// Every pool back to 0 and every desktop gone, so what follows starts idle.
+async fn settle(api: &Api, pools: &[String]) -> anyhow::Result<()> {
     for p in pools {
         api.resize(p, 0).await?;
     }
@@ -304,6 +488,14 @@ async fn resize_to_clone(api: &Api, sim: &Vcsim, pools: &[String], n: u32) -> an
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+async fn resize_to_clone(api: &Api, sim: &Vcsim, pools: &[String], n: u32) -> anyhow::Result<()> {
+    println!(
+        "\n== resize -> first CloneVM_Task at the simulator: {n} samples, each on an idle pool at target 0 (PATCH to 1, poll the simulator every ~2 ms)"
+    );
+    settle(api, pools).await?;
 
     let mut latencies = Vec::new();
     let mut patch_times = Vec::new();
@@ -362,6 +554,7 @@ async fn run(
     args: &Args,
     sim: &Vcsim,
     db_url: &str,
+    db: &DbCounter,
     dir: &tempfile::TempDir,
 ) -> anyhow::Result<()> {
     let bin = deskpool_bin();
@@ -405,7 +598,7 @@ async fn run(
         .spawn()
         .with_context(|| format!("cannot run {}", bin.display()))?;
     let daemon = Daemon { child, log };
-    let result = with_daemon(args, sim, &daemon, port, &token).await;
+    let result = with_daemon(args, sim, db, &daemon, port, &token).await;
     if result.is_err() {
         eprintln!("deskpool serve log (last lines):\n{}", daemon.tail());
     }
@@ -416,6 +609,7 @@ async fn run(
 async fn with_daemon(
     args: &Args,
     sim: &Vcsim,
+    db: &DbCounter,
     daemon: &Daemon,
     port: u16,
     token: &str,
@@ -464,8 +658,14 @@ async fn with_daemon(
         args.clone_delay_ms,
         args.power_delay_ms
     );
+    let daemon_pid = daemon.child.id().context("deskpool serve has no pid")?;
+    let sim_pid = sim.pid().context("the simulator has no pid")?;
     let before = sim.stats().await;
-    load(&api, &pools, args).await?;
+    let xacts_before = db.transactions().await?;
+    let cpu_before = CpuSnapshot::take(daemon_pid, sim_pid);
+    let requests = load(&api, &pools, args).await?;
+    let cpu_after = CpuSnapshot::take(daemon_pid, sim_pid);
+    cpu_after.print_since(&cpu_before, &db.backends().await?);
     let s = sim.stats().await;
     let mut by_method: Vec<(&String, u64)> = s
         .soap_calls
@@ -485,7 +685,72 @@ async fn with_daemon(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    transactions(&api, sim, db, &pools, requests, (&before, xacts_before)).await?;
     resize_to_clone(&api, sim, &pools, args.samples).await
+}
+
+/// The daemon's database transactions during the load, attributed: API requests of each kind
+/// measured alone on the idle daemon afterwards, the rest is the reconciler's, per clone.
+async fn transactions(
+    api: &Api,
+    sim: &Vcsim,
+    db: &DbCounter,
+    pools: &[String],
+    requests: u64,
+    (sim_before, xacts_before): (&deskpool_testkit::vcsim::Stats, i64),
+) -> anyhow::Result<()> {
+    // The reconciler still works off the last targets: count its transactions and its clones
+    // over the same window, until the counts are in.
+    tokio::time::sleep(STATS_LAG).await;
+    let xacts = db.transactions().await? - xacts_before;
+    let s = sim.stats().await;
+    let clones = s.calls("CloneVM_Task") - sim_before.calls("CloneVM_Task");
+    let destroys = s.calls("Destroy_Task") - sim_before.calls("Destroy_Task");
+
+    settle(api, pools).await?;
+    // Counts still owed from the settling come in during the first wait.
+    tokio::time::sleep(STATS_LAG).await;
+    let idle = idle_transactions(db).await?;
+    const CALIBRATION: u32 = 500;
+    let get = transactions_per(db, CALIBRATION, idle, |_| {
+        api.http
+            .get(format!("{}/api/v1/pools", api.base))
+            .header("authorization", &api.auth)
+    })
+    .await?;
+    // Setting a pool's target to the value it has: the request's own work plus the pass it
+    // wakes, without clones.
+    let patch = transactions_per(db, CALIBRATION, idle, |i| {
+        api.http
+            .patch(format!(
+                "{}/api/v1/pools/{}",
+                api.base,
+                pools[i as usize % pools.len()]
+            ))
+            .header("authorization", &api.auth)
+            .header("content-type", "application/json")
+            .body("{\"target_size\":0}")
+    })
+    .await?;
+    let (patches, gets) = (requests.div_ceil(2), requests / 2);
+    let api_share = patch * patches as f64 + get * gets as f64;
+    let reconciler = xacts as f64 - api_share;
+    println!(
+        "database transactions (pg_stat_database xact_commit + xact_rollback of the bench database; a transaction of k statements is k + 2 round trips, a lone statement 1):"
+    );
+    println!(
+        "  load window (the load and {} s after it): {xacts} transactions for {requests} requests, {clones} clones and {destroys} destroys",
+        STATS_LAG.as_secs()
+    );
+    println!(
+        "  per API request measured alone ({CALIBRATION} each, idle daemon, less its idle {idle:.2}/s): GET /pools {get:.2}, PATCH /pools/{{name}} (target unchanged, includes the pass it wakes) {patch:.2}"
+    );
+    println!(
+        "  hence API {api_share:.0}, reconciler {reconciler:.0} = {:.1} per clone (destroys included: {:.1} per clone or destroy)",
+        reconciler / clones.max(1) as f64,
+        reconciler / (clones + destroys).max(1) as f64
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -521,7 +786,11 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("deskpool-api-bench-")
         .tempdir()?;
-    let result = run(&args, &sim, url.as_str(), &dir).await;
+    let db = DbCounter {
+        admin: tokio::sync::Mutex::new(PgConnection::connect(&server).await?),
+        name: name.clone(),
+    };
+    let result = run(&args, &sim, url.as_str(), &db, &dir).await;
     admin
         .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
         .await?;

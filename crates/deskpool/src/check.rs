@@ -52,18 +52,22 @@ pub async fn check(cfg: &Config) -> anyhow::Result<bool> {
         format!("{source} is valid ({} vCenter(s))", cfg.vcenters.len()),
     );
 
+    if let Some((cert, key)) = cfg.http.tls_files() {
+        check_tls(cert, key, chrono::Utc::now(), &mut report);
+    }
+
     let pools = match db::connect(&cfg.database).await {
         Err(e) => {
             report.fail("database", format!("{e:#}"));
             Vec::new()
         }
-        Ok(pool) => {
+        Ok(db) => {
             report.ok(
                 "database",
                 format!("connected to {}", cfg.database.redacted_url()),
             );
-            let pools = check_database(&pool, cfg, &mut report).await;
-            pool.close().await;
+            let pools = check_database(&db, cfg, &mut report).await;
+            db.close().await;
             pools
         }
     };
@@ -72,9 +76,55 @@ pub async fn check(cfg: &Config) -> anyhow::Result<bool> {
     Ok(report.passed())
 }
 
+/// The API's certificate: readable, fits its key, and when it expires.
+fn check_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    now: chrono::DateTime<chrono::Utc>,
+    report: &mut Report,
+) {
+    let identity = match crate::tls::read_identity(cert, key) {
+        Ok(i) => i,
+        Err(e) => return report.fail("tls", format!("{e:#}")),
+    };
+    let validity = crate::tls::validity(&identity.chain[0]);
+    if let Err(e) = crate::tls::server_config(identity) {
+        return report.fail("tls", format!("{e:#}"));
+    }
+    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%SZ").to_string();
+    match validity {
+        Err(e) => report.fail("tls", format!("{}: {e:#}", cert.display())),
+        Ok((from, _)) if now < from => report.fail(
+            "tls",
+            format!(
+                "{}: not valid before {}: check the clock or the certificate",
+                cert.display(),
+                fmt(from)
+            ),
+        ),
+        Ok((_, until)) if until <= now => report.fail(
+            "tls",
+            format!(
+                "{}: expired {}: renew it (http.tls_cert_file)",
+                cert.display(),
+                fmt(until)
+            ),
+        ),
+        Ok((_, until)) => report.ok(
+            "tls",
+            format!(
+                "certificate {} expires {} (in {} days)",
+                cert.display(),
+                fmt(until),
+                (until - now).num_days()
+            ),
+        ),
+    }
+}
+
 /// Checks the schema is current and every pool names a configured vCenter; returns the pools.
-async fn check_database(pool: &PgPool, cfg: &Config, report: &mut Report) -> Vec<PoolSpec> {
-    let mut conn = match pool.acquire().await {
+async fn check_database(db: &PgPool, cfg: &Config, report: &mut Report) -> Vec<PoolSpec> {
+    let mut conn = match db.acquire().await {
         Ok(c) => c,
         Err(e) => {
             report.fail("migrations", format!("cannot read: {e}"));

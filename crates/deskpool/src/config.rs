@@ -56,7 +56,7 @@ pub struct Config {
     /// `[log]`: log format and level.
     pub log: LogConfig,
     /// `[reconciler]`: timing and concurrency of the reconcile loop.
-    pub reconciler: ReconcilerConfig,
+    pub reconciler: ReconcilerSection,
     /// `[[vcenters]]`: the vCenter connections pools may name.
     pub vcenters: Vec<VcenterConfig>,
     /// The file the configuration was read from, if any.
@@ -75,6 +75,10 @@ pub struct HttpConfig {
     pub max_concurrent_requests: usize,
     /// A request not answered within this many seconds (waiting included) gets 503.
     pub request_timeout_secs: u64,
+    /// PEM certificate chain (leaf first) to serve HTTPS with; with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -84,7 +88,19 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             max_concurrent_requests: 256,
             request_timeout_secs: 30,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
+    }
+}
+
+impl HttpConfig {
+    /// The certificate and key files when TLS is configured (validation ensures both or none).
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        Some((
+            self.tls_cert_file.as_deref()?,
+            self.tls_key_file.as_deref()?,
+        ))
     }
 }
 
@@ -165,10 +181,10 @@ impl Default for LogConfig {
     }
 }
 
-/// `[reconciler]`
+/// The `[reconciler]` section of the config file, as written (see `tunables()`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ReconcilerConfig {
+pub struct ReconcilerSection {
     /// Full comparison of the database with each vCenter's inventory this often.
     pub resync_interval_secs: u64,
     /// How long the leader lease lasts without renewal (renewed every third of it).
@@ -184,7 +200,7 @@ pub struct ReconcilerConfig {
     pub backoff_max_secs: u64,
 }
 
-impl Default for ReconcilerConfig {
+impl Default for ReconcilerSection {
     fn default() -> Self {
         Self {
             resync_interval_secs: 300,
@@ -218,6 +234,8 @@ struct VcenterFile {
     connect_timeout_secs: u64,
     #[serde(default = "default_call_timeout")]
     call_timeout_secs: u64,
+    #[serde(default = "default_max_response_mib")]
+    max_response_mib: u64,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -225,6 +243,9 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_call_timeout() -> u64 {
     60
+}
+fn default_max_response_mib() -> u64 {
+    256
 }
 
 /// A vCenter connection, with its password loaded.
@@ -250,6 +271,8 @@ pub struct VcenterConfig {
     pub connect_timeout_secs: u64,
     /// Timeout of one SOAP call, seconds.
     pub call_timeout_secs: u64,
+    /// Largest vCenter response accepted (after gzip decoding), MiB.
+    pub max_response_mib: u64,
 }
 
 impl VcenterConfig {
@@ -267,11 +290,12 @@ impl VcenterConfig {
         };
         o.connect_timeout = std::time::Duration::from_secs(self.connect_timeout_secs);
         o.call_timeout = std::time::Duration::from_secs(self.call_timeout_secs);
+        o.max_response_bytes = self.max_response_mib.saturating_mul(1024 * 1024);
         o
     }
 }
 
-impl ReconcilerConfig {
+impl ReconcilerSection {
     /// The reconciler's tunables.
     pub fn tunables(&self) -> deskpool_reconciler::ReconcilerConfig {
         use std::time::Duration;
@@ -300,6 +324,7 @@ impl fmt::Debug for VcenterConfig {
             .field("insecure", &self.insecure)
             .field("connect_timeout_secs", &self.connect_timeout_secs)
             .field("call_timeout_secs", &self.call_timeout_secs)
+            .field("max_response_mib", &self.max_response_mib)
             .finish()
     }
 }
@@ -350,7 +375,7 @@ struct FileConfig {
     #[serde(default)]
     log: LogConfig,
     #[serde(default)]
-    reconciler: ReconcilerConfig,
+    reconciler: ReconcilerSection,
     #[serde(default)]
     vcenters: Vec<VcenterFile>,
 }
@@ -640,6 +665,9 @@ fn resolve_vcenters(
         if v.call_timeout_secs == 0 {
             return Err(invalid(key("call_timeout_secs"), "must be at least 1"));
         }
+        if v.max_response_mib == 0 {
+            return Err(invalid(key("max_response_mib"), "must be at least 1"));
+        }
         out.push(VcenterConfig {
             name: v.name,
             url,
@@ -651,6 +679,7 @@ fn resolve_vcenters(
             insecure: v.insecure,
             connect_timeout_secs: v.connect_timeout_secs,
             call_timeout_secs: v.call_timeout_secs,
+            max_response_mib: v.max_response_mib,
         });
     }
     Ok(out)
@@ -677,6 +706,21 @@ fn is_thumbprint(s: &str) -> bool {
 fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.http.max_body_bytes == 0 {
         return Err(invalid("http.max_body_bytes", "must be at least 1"));
+    }
+    match (&cfg.http.tls_cert_file, &cfg.http.tls_key_file) {
+        (Some(_), None) => {
+            return Err(invalid(
+                "http.tls_key_file",
+                "missing: tls_cert_file is set, so set tls_key_file to its private key (PEM)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "http.tls_cert_file",
+                "missing: tls_key_file is set, so set tls_cert_file to its certificate (PEM)",
+            ))
+        }
+        _ => {}
     }
     let db_url = cfg.database.url.expose_secret();
     match url::Url::parse(db_url) {
@@ -783,7 +827,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let cfg = load_text("", &env(&[])).unwrap();
         assert_eq!(cfg.http, HttpConfig::default());
-        assert_eq!(cfg.reconciler, ReconcilerConfig::default());
+        assert_eq!(cfg.reconciler, ReconcilerSection::default());
         assert_eq!(cfg.log, LogConfig::default());
         assert_eq!(
             cfg.database.redacted_url(),
@@ -817,7 +861,7 @@ mod tests {
         }
         let cfg = load_text(&enabled, &env(&[])).unwrap();
         assert_eq!(cfg.http, HttpConfig::default());
-        assert_eq!(cfg.reconciler, ReconcilerConfig::default());
+        assert_eq!(cfg.reconciler, ReconcilerSection::default());
         assert_eq!(cfg.log, LogConfig::default());
         assert_eq!(
             cfg.database.url.expose_secret(),
@@ -856,11 +900,19 @@ mod tests {
             "insecure",
             "connect_timeout_secs",
             "call_timeout_secs",
+            "max_response_mib",
         ] {
             assert!(
                 text.contains(&format!("#   {key} = "))
                     || text.contains(&format!("#   #   {key} ")),
                 "vcenters.{key} is not documented"
+            );
+        }
+        // Keys without a default are shown as an indented example.
+        for key in ["tls_cert_file", "tls_key_file"] {
+            assert!(
+                text.contains(&format!("#   {key} = ")),
+                "http.{key} is not documented"
             );
         }
     }
@@ -895,7 +947,7 @@ mod tests {
             .to_string();
         assert_eq!(
             msg,
-            "http.listen_addr: unknown key (expected one of `listen`, `max_body_bytes`, `max_concurrent_requests`, `request_timeout_secs`)"
+            "http.listen_addr: unknown key (expected one of `listen`, `max_body_bytes`, `max_concurrent_requests`, `request_timeout_secs`, `tls_cert_file`, `tls_key_file`)"
         );
         let msg = load_text("[htp]\n", &env(&[])).unwrap_err().to_string();
         assert!(msg.starts_with("htp: unknown key"), "{msg}");
@@ -984,6 +1036,8 @@ mod tests {
             ("[log]\nlevel = \"info,[[\"\n", "log.level"),
             ("[reconciler]\nlease_ttl_secs = 0\n", "reconciler.lease_ttl_secs"),
             ("[http]\nlisten = \"nope\"\n", "http.listen"),
+            ("[http]\ntls_cert_file = \"/c.pem\"\n", "http.tls_key_file"),
+            ("[http]\ntls_key_file = \"/k.pem\"\n", "http.tls_cert_file"),
             (
                 "[[vcenters]]\nname = \"vc1\"\nurl = \"https://vc1/sdk\"\nusername = \"u\"\npassword = \"p\"\nthumbprint = \"zz\"\n",
                 "vcenters[0].thumbprint",

@@ -46,12 +46,12 @@ pub async fn connect_sized(cfg: &DatabaseConfig, size: u32) -> anyhow::Result<Pg
             let _ = sqlx::Connection::close(conn).await;
         }
     }
-    let pool = PgPoolOptions::new()
+    let db = PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(timeout)
         .connect_lazy_with(opts);
     tracing::debug!(database = %redacted, "connected to database");
-    Ok(pool)
+    Ok(db)
 }
 
 /// Creates the database named in the URL if it does not exist yet (for `migrate`).
@@ -114,15 +114,15 @@ pub async fn migrate(cfg: &DatabaseConfig) -> anyhow::Result<()> {
     if create_database_if_missing(cfg).await? {
         tracing::info!(database = %cfg.redacted_url(), "created database");
     }
-    let pool = connect(cfg).await?;
+    let db = connect(cfg).await?;
     let migrator = &deskpool_store::MIGRATOR;
     let before = {
-        let mut conn = pool.acquire().await?;
+        let mut conn = db.acquire().await?;
         // Fails only when the bookkeeping table does not exist yet: nothing applied.
         conn.list_applied_migrations().await.map_or(0, |a| a.len())
     };
     migrator
-        .run(&pool)
+        .run(&db)
         .await
         .context("applying database migrations")?;
     let total = migrator.iter().count();
@@ -131,6 +131,6 @@ pub async fn migrate(cfg: &DatabaseConfig) -> anyhow::Result<()> {
         total,
         "database schema is up to date"
     );
-    pool.close().await;
+    db.close().await;
     Ok(())
 }

@@ -6,4 +6,5 @@ pub mod config;
 pub mod db;
 pub mod logging;
 pub mod serve;
+pub mod tls;
 pub mod token;

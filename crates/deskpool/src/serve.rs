@@ -101,12 +101,15 @@ pub async fn build(cfg: &Config, databases: Databases) -> anyhow::Result<App> {
 
     let mut app = App::new(http_addr);
     let stop = app.shutdown.clone();
-    app.spawn("http server", async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .context("http server failed")
-    });
+    let scheme = if let Some((cert, key)) = cfg.http.tls_files() {
+        let tls = crate::tls::server_config(crate::tls::read_identity(cert, key)?)?;
+        let listener = crate::tls::TlsListener::new(listener, tls).context("http.listen")?;
+        app.spawn("http server", serve_until(listener, router, stop));
+        "https"
+    } else {
+        app.spawn("http server", serve_until(listener, router, stop));
+        "http"
+    };
     let stop = app.shutdown.clone();
     app.spawn("reconciler", async move {
         reconciler.run(stop.clone()).await?;
@@ -115,8 +118,24 @@ pub async fn build(cfg: &Config, databases: Databases) -> anyhow::Result<App> {
         Ok(())
     });
 
-    tracing::info!(addr = %http_addr, "http listener ready");
+    tracing::info!(addr = %http_addr, scheme, "http listener ready");
     Ok(app)
+}
+
+/// Serves the router on `listener` (plain TCP or TLS) until `stop` is cancelled.
+async fn serve_until<L>(
+    listener: L,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .context("http server failed")
 }
 
 /// `/readyz` reads the reconciler's role and vCenter sessions through this.
@@ -124,12 +143,12 @@ struct ReconcilerHealth(deskpool_reconciler::StatusHandle);
 
 impl deskpool_api::Health for ReconcilerHealth {
     fn snapshot(&self) -> HealthSnapshot {
-        use deskpool_reconciler::Role;
+        use deskpool_reconciler::Leadership;
         HealthSnapshot {
             role: match self.0.role() {
-                Role::Leader => ReplicaRole::Leader,
-                Role::Standby => ReplicaRole::Standby,
-                Role::Starting => ReplicaRole::Starting,
+                Leadership::Leader => ReplicaRole::Leader,
+                Leadership::Standby => ReplicaRole::Standby,
+                Leadership::Starting => ReplicaRole::Starting,
             },
             vcenters: self
                 .0

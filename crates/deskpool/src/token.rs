@@ -12,8 +12,8 @@ use crate::db;
 
 /// Creates a token; prints its secret alone on stdout (for scripts), the notice on stderr.
 pub async fn create(cfg: &Config, name: &str, role: Role) -> anyhow::Result<()> {
-    let pool = db::connect(&cfg.database).await?;
-    let mut conn = pool.acquire().await?;
+    let db = db::connect(&cfg.database).await?;
+    let mut conn = db.acquire().await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let (token, secret) = tokens::create(&mut tx, name, role)
         .await
@@ -36,8 +36,8 @@ pub async fn create(cfg: &Config, name: &str, role: Role) -> anyhow::Result<()> 
 
 /// Lists tokens as a table (never secrets).
 pub async fn list(cfg: &Config) -> anyhow::Result<()> {
-    let pool = db::connect(&cfg.database).await?;
-    let mut conn = pool.acquire().await?;
+    let db = db::connect(&cfg.database).await?;
+    let mut conn = db.acquire().await?;
     let list = tokens::list(&mut conn)
         .await
         .map_err(|e| explain(e, "listing tokens"))?;
@@ -73,8 +73,8 @@ pub async fn list(cfg: &Config) -> anyhow::Result<()> {
 
 /// Revokes the active token named `name`.
 pub async fn revoke(cfg: &Config, name: &str) -> anyhow::Result<()> {
-    let pool = db::connect(&cfg.database).await?;
-    let mut conn = pool.acquire().await?;
+    let db = db::connect(&cfg.database).await?;
+    let mut conn = db.acquire().await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let token = tokens::revoke(&mut tx, name)
         .await

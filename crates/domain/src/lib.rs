@@ -1,5 +1,6 @@
 //! deskpool's domain: pool specs and their validation, desktop naming, the desktop and pool
-//! state machines, and the pure planning function the reconciler executes.
+//! state machines, the pure planning function the reconciler executes (`plan`: which desktops
+//! to create and remove) and a desktop's next vCenter step (`next_step`).
 //!
 //! Nothing here knows about HTTP, SQL or SOAP: every type is plain data, so the rules can be
 //! tested (and property-tested) in isolation.
@@ -9,12 +10,14 @@ mod ownership;
 mod plan;
 mod spec;
 mod state;
+mod step;
 
 pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
-pub use plan::{plan, DesktopView, Plan, PlanInput};
+pub use plan::{plan, Plan, PlanDesktop, PlanInput};
 pub use spec::{is_slug, GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
 pub use state::{DesktopState, EventKind, PoolState, UnknownState};
+pub use step::{next_step, Failure, FaultClass, Lookup, NameHolder, Report, Step, StepDesktop};
 
 /// Key of the extraConfig marker naming the pool that owns a VM.
 pub const MARKER_POOL: &str = "deskpool.pool";

@@ -9,7 +9,7 @@ use crate::DesktopState;
 
 /// What the planner needs to know of one desktop.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesktopView {
+pub struct PlanDesktop {
     /// Database id.
     pub id: Uuid,
     /// The index in the naming pattern.
@@ -36,7 +36,7 @@ pub struct PlanInput<'a> {
     /// Highest index the naming pattern may use.
     pub max_index: u32,
     /// Every desktop row of the pool.
-    pub desktops: &'a [DesktopView],
+    pub desktops: &'a [PlanDesktop],
 }
 
 /// What to do now.
@@ -57,7 +57,7 @@ impl Plan {
 
 /// Removal preference: lower goes first. Failed desktops, then those still provisioning,
 /// then powered-off ready ones, then the rest; within a rank the highest index first.
-fn removal_rank(d: &DesktopView) -> (u8, std::cmp::Reverse<u32>) {
+fn removal_rank(d: &PlanDesktop) -> (u8, std::cmp::Reverse<u32>) {
     let rank = match d.state {
         DesktopState::Failed => 0,
         s if s.is_provisioning() => 1,
@@ -87,7 +87,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 .map(|d| d.id),
         );
         if counted > input.target {
-            let mut victims: Vec<&DesktopView> = input
+            let mut victims: Vec<&PlanDesktop> = input
                 .desktops
                 .iter()
                 .filter(|d| d.state.counts_toward_size())
@@ -127,8 +127,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn view(index: u32, state: DesktopState, powered_on: bool) -> DesktopView {
-        DesktopView {
+    fn view(index: u32, state: DesktopState, powered_on: bool) -> PlanDesktop {
+        PlanDesktop {
             id: Uuid::from_u128(index as u128),
             index,
             state,
@@ -136,7 +136,7 @@ mod tests {
         }
     }
 
-    fn input(target: u32, desktops: &[DesktopView]) -> PlanInput<'_> {
+    fn input(target: u32, desktops: &[PlanDesktop]) -> PlanInput<'_> {
         PlanInput {
             target,
             may_create: true,
@@ -201,7 +201,7 @@ mod tests {
         prop::sample::select(DesktopState::ALL.to_vec())
     }
 
-    fn arb_desktops() -> impl Strategy<Value = Vec<DesktopView>> {
+    fn arb_desktops() -> impl Strategy<Value = Vec<PlanDesktop>> {
         prop::collection::btree_map(1u32..60, (arb_state(), any::<bool>()), 0..40)
             .prop_map(|m| m.into_iter().map(|(i, (s, on))| view(i, s, on)).collect())
     }

@@ -22,13 +22,15 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deskpool_domain::{GuestOs, PoolSpec};
-use deskpool_reconciler::{Reconciler, ReconcilerConfig, Role, StatusHandle, VcenterSpec};
+use deskpool_reconciler::{Leadership, Reconciler, ReconcilerConfig, StatusHandle, VcenterSpec};
 use deskpool_store::pools;
-use deskpool_testkit::vcsim::{Stats, Vcsim, VcsimOptions};
-use deskpool_vsphere::ClientOptions;
+use deskpool_testkit::vcsim::{CloneRecord, Stats, Vcsim, VcsimOptions};
+use deskpool_vsphere::{Client, ClientOptions, LinkedCloneSpec, MoRef, TaskState};
 use secrecy::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
@@ -260,7 +262,8 @@ impl Running {
         };
         // Leader with a vCenter session: measurements start from a warm daemon.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !(r.status.role() == Role::Leader && r.status.vcenters().iter().all(|v| v.connected))
+        while !(r.status.role() == Leadership::Leader
+            && r.status.vcenters().iter().all(|v| v.connected))
         {
             assert!(
                 Instant::now() < deadline,
@@ -304,100 +307,407 @@ fn print_methods(calls: &BTreeMap<String, u64>, per: f64, per_label: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// a + b: fill
+// a + b: fill, and the naive baseline on the same simulator
 
+/// Clone latency of the fill cases.
+const FILL_CLONE: Duration = Duration::from_millis(500);
+/// Power-on latency of the fill cases: non-zero, so the ideal has to say where it goes.
+const FILL_POWER: Duration = Duration::from_millis(200);
+/// How often the naive baseline reads each task, as the polling script in issue #9 did.
+const NAIVE_POLL: Duration = Duration::from_millis(50);
+
+/// Microseconds since the Unix epoch: the clock the simulator's timeline and PostgreSQL's
+/// `now()` read, so the three can be compared.
+fn unix_us() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(d.as_micros()).expect("microseconds fit in i64")
+}
+
+/// The `p`-quantile (0..=1) of `v` by the nearest-rank method; NaN when empty.
+fn quantile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
+fn summary_ms(v: &[f64]) -> String {
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n = {})",
+        quantile(v, 0.5),
+        quantile(v, 0.99),
+        quantile(v, 1.0),
+        v.len()
+    )
+}
+
+/// Slot refills from timestamps: with `c` clones in flight, the clone that takes the slot the
+/// k-th freed one left is the (c + k)-th to arrive. `freed_us` are the moments slots were
+/// freed (any clock comparable with the simulator's), `clones` the simulator's timeline.
+/// Milliseconds from each freed slot to the next `CloneVM_Task` the simulator received.
+fn refill_ms(freed_us: &[i64], clones: &[CloneRecord], c: u32) -> Vec<f64> {
+    let mut freed = freed_us.to_vec();
+    freed.sort_unstable();
+    let mut arrived: Vec<i64> = clones.iter().map(|x| x.received_us).collect();
+    arrived.sort_unstable();
+    freed
+        .iter()
+        .zip(arrived.iter().skip(c as usize))
+        .map(|(f, a)| (a - f) as f64 / 1000.0)
+        .collect()
+}
+
+/// One provisioning run against the simulator: deskpool's or the baseline's.
+struct FillRun {
+    elapsed: Duration,
+    /// The simulator's record of this run's clones.
+    clones: Vec<CloneRecord>,
+    calls: BTreeMap<String, u64>,
+    calls_total: u64,
+    max_in_flight: u64,
+}
+
+impl FillRun {
+    /// When the last clone task ended, from the simulator's timeline, relative to `t0_us`.
+    fn last_clone_done(&self, t0_us: i64) -> f64 {
+        let last = self.clones.iter().map(|c| c.done_us).max().unwrap_or(t0_us);
+        (last - t0_us) as f64 / 1e6
+    }
+
+    fn freed_at_simulator(&self) -> Vec<i64> {
+        self.clones.iter().map(|c| c.done_us).collect()
+    }
+}
+
+/// What the fill cases print about each run: elapsed, ideal, ratios.
+fn print_run(who: &str, run: &FillRun, t0_us: i64, n: u32, c: u32) {
+    let waves = n.div_ceil(c);
+    let ideal_clone = secs(FILL_CLONE) * f64::from(waves);
+    let ideal = ideal_clone + secs(FILL_POWER);
+    let e = secs(run.elapsed);
+    println!(
+        "  {who}: create -> {n} ready {e:.2} s = {:.3} x ceil(N/C) x L (target <= 1.03), {:.3} x the ideal with the power-on tail; last clone ended at {:.2} s = {:.3} x ceil(N/C) x L; max {} clones in flight",
+        e / ideal_clone,
+        e / ideal,
+        run.last_clone_done(t0_us),
+        run.last_clone_done(t0_us) / ideal_clone,
+        run.max_in_flight,
+    );
+}
+
+/// The fill cases: one pool of N at C clones in flight, then the naive baseline on the same
+/// simulator. `calls` alone runs the first case without the baseline.
 async fn fill(show_fill: bool, show_calls: bool) {
-    const N: u32 = 200;
-    const C: u32 = 8;
-    const L: Duration = Duration::from_millis(500);
-    const POOL: &str = "fill";
-    println!("\n== fill: one pool of {N}, max_concurrent_clones {C}, clone latency {} ms, power-on latency 0 ms, max_concurrent_per_vcenter 20, resync 300 s", L.as_millis());
+    println!(
+        "\n== fill: clone latency L = {} ms, power-on latency P = {} ms, resync 300 s",
+        FILL_CLONE.as_millis(),
+        FILL_POWER.as_millis()
+    );
+    println!("  ideal: ceil(N/C) x L + P. A desktop's power-on runs outside its clone slot (deskpool holds a power slot then), so the clones need ceil(N/C) waves of L back to back and only the last wave's power-on adds to the total: one P. Ratios are given to ceil(N/C) x L (the target's denominator) and to that ideal.");
+    println!("  slot refill: slot freed -> next CloneVM_Task received by the simulator, from timestamps (the simulator's clone timeline, PostgreSQL's event times; one clock): the k-th freed slot is refilled by the (C + k)-th clone to arrive");
+    let cases: &[(u32, u32)] = if show_fill {
+        &[(200, 8), (1000, 20)]
+    } else {
+        &[(200, 8)]
+    };
+    for &(n, c) in cases {
+        fill_case(n, c, show_fill, show_calls).await;
+    }
+}
+
+async fn fill_case(n: u32, c: u32, show_fill: bool, show_calls: bool) {
+    let pool = format!("fill-{n}");
+    let naive_folder = format!("naive-{n}");
+    let per_vcenter = c.max(ReconcilerConfig::default().max_concurrent_per_vcenter);
+    println!("\n-- N = {n}, C = {c} (max_concurrent_clones {c}, max_concurrent_per_vcenter {per_vcenter})");
     let sim = Vcsim::start(VcsimOptions {
-        clone_delay: L,
-        power_delay: Duration::ZERO,
-        folders: vec![POOL.into()],
+        clone_delay: FILL_CLONE,
+        power_delay: FILL_POWER,
+        folders: vec![
+            pool.clone(),
+            naive_folder.clone(),
+            format!("{naive_folder}-on"),
+        ],
         ..Default::default()
     })
     .await;
     let scratch = Scratch::create("fill").await;
-    let r = Running::start(&scratch, &sim, bench_config("bench-fill")).await;
+    let cfg = ReconcilerConfig {
+        max_concurrent_per_vcenter: per_vcenter,
+        ..bench_config("bench-fill")
+    };
+    let r = Running::start(&scratch, &sim, cfg).await;
     // The start-up sweep found no pools; let it and the login traffic finish before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     sim.reset_stats().await;
-    let before = sim.stats().await;
 
     let t0 = Instant::now();
-    scratch.add_pool(&spec(POOL, N, N, C)).await;
+    let t0_us = unix_us();
+    scratch.add_pool(&spec(&pool, n, n, c)).await;
     let converged = scratch
         .wait_ready(
-            i64::from(N),
+            i64::from(n),
             Duration::from_millis(10),
             Some(Duration::from_secs(10)),
         )
         .await;
     let elapsed = t0.elapsed();
-    let after = sim.stats().await;
+    let stats = sim.stats().await;
+    let deskpool = FillRun {
+        elapsed,
+        clones: sim.clones().await,
+        calls: delta(&Stats::default(), &stats),
+        calls_total: stats.soap_calls_total,
+        max_in_flight: stats
+            .max_clones_in_flight_by_folder
+            .get(&pool)
+            .copied()
+            .unwrap_or(0),
+    };
     r.stop().await;
 
-    // Phases per desktop from the events' timestamps (database clock, transaction start).
-    let (first_clone, last_clone_ok, last_ready, clone_avg, power_avg): (f64, f64, f64, f64, f64) =
-        sqlx::query_as(
-            "WITH p AS (SELECT created_at FROM pools WHERE name = $1),
-                  d AS (SELECT desktop,
-                               min(at) FILTER (WHERE kind = 'clone_started')   AS started,
-                               min(at) FILTER (WHERE kind = 'clone_succeeded') AS cloned,
-                               min(at) FILTER (WHERE kind = 'desktop_ready')   AS ready
-                        FROM events WHERE pool = $1 AND desktop IS NOT NULL GROUP BY desktop)
-             SELECT extract(epoch FROM min(started) - (SELECT created_at FROM p))::float8,
-                    extract(epoch FROM max(cloned) - (SELECT created_at FROM p))::float8,
-                    extract(epoch FROM max(ready) - (SELECT created_at FROM p))::float8,
-                    extract(epoch FROM avg(cloned - started))::float8,
-                    extract(epoch FROM avg(ready - cloned))::float8
-             FROM d",
-        )
-        .bind(POOL)
-        .fetch_one(&scratch.db)
-        .await
-        .expect("event timings");
+    // deskpool's own timestamps (database clock, transaction start): the clone's result seen
+    // and recorded, which is when deskpool can free its slot, and the desktop ready.
+    let seen: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT desktop,
+                (extract(epoch FROM min(at) FILTER (WHERE kind = 'clone_succeeded')) * 1e6)::int8,
+                (extract(epoch FROM min(at) FILTER (WHERE kind = 'desktop_ready')) * 1e6)::int8
+         FROM events WHERE pool = $1 AND desktop IS NOT NULL
+         GROUP BY desktop HAVING bool_or(kind = 'clone_succeeded')",
+    )
+    .bind(&pool)
+    .fetch_all(&scratch.db)
+    .await
+    .expect("event timings");
     scratch.drop().await;
 
-    let waves = N.div_ceil(C);
-    let ideal = L.as_secs_f64() * f64::from(waves);
-    let e = secs(elapsed);
     if !converged {
         println!("  DID NOT CONVERGE: figures below are partial");
     }
     if show_fill {
-        println!("  elapsed create -> {N} ready: {e:.2} s (wall clock, this process)");
+        print_run("deskpool", &deskpool, t0_us, n, c);
+        let done_by_name: BTreeMap<&str, i64> = deskpool
+            .clones
+            .iter()
+            .filter(|x| x.ok)
+            .map(|x| (x.name.as_str(), x.done_us))
+            .collect();
+        let watch_ms: Vec<f64> = seen
+            .iter()
+            .filter_map(|(name, s, _)| Some((s - done_by_name.get(name.as_str())?) as f64 / 1000.0))
+            .collect();
+        let power_ms: Vec<f64> = seen
+            .iter()
+            .filter_map(|(_, s, ready)| Some((ready.as_ref()? - s) as f64 / 1000.0))
+            .collect();
+        let seen_us: Vec<i64> = seen.iter().map(|(_, s, _)| *s).collect();
         println!(
-            "  ideal = ceil({N}/{C}) x {} ms = {ideal:.2} s",
-            L.as_millis()
+            "    slot refill, clone task ended -> next CloneVM_Task: {}",
+            summary_ms(&refill_ms(
+                &deskpool.freed_at_simulator(),
+                &deskpool.clones,
+                c
+            ))
         );
-        println!("  ratio elapsed/ideal: {:.3} (target <= 1.10)", e / ideal);
-        println!("  note: each desktop also needs PowerOnVM_Task after its clone; power-ons run in a separate slot, so the ideal counts clone time only and the last power-on adds to the elapsed time");
-        println!("  clone-only: last clone_succeeded at {last_clone_ok:.2} s after the pool was created: ratio {:.3}", last_clone_ok / ideal);
-        let cycle = e * f64::from(C) / f64::from(N);
-        println!("  per slot: {cycle:.3} s per desktop on average = clone {clone_avg:.3} s (CloneVM_Task answered -> result seen) + {:.3} s between clones (record, wake, pass, CloneVM_Task call); power-on {power_avg:.3} s (clone result -> ready) runs outside the slot", cycle - clone_avg);
-        println!("  first clone_started {first_clone:.3} s after create; last desktop_ready {last_ready:.2} s (database clock)");
         println!(
-            "  clones in flight: max {} in the pool's folder, {} overall",
-            after
-                .max_clones_in_flight_by_folder
-                .get(POOL)
-                .copied()
-                .unwrap_or(0),
-            after.max_clones_in_flight
+            "    of which the task's end reaching deskpool (simulator update tick 5 ms, WaitForUpdatesEx, recording): {}",
+            summary_ms(&watch_ms)
+        );
+        println!(
+            "    deskpool's own time per slot, clone result recorded -> next CloneVM_Task (target p99 <= 5 ms): {}",
+            summary_ms(&refill_ms(&seen_us, &deskpool.clones, c))
+        );
+        println!(
+            "    power-on, clone result recorded -> ready (outside the clone slot): {}",
+            summary_ms(&power_ms)
         );
     }
     if show_calls {
-        let calls = delta(&before, &after);
-        let total = after.soap_calls_total - before.soap_calls_total;
         println!(
-            "  SOAP calls during the fill: {total} = {:.2} per desktop provisioned (target <= 5); clone requests {}",
-            total as f64 / f64::from(N),
-            after.clone_requests - before.clone_requests
+            "  deskpool SOAP calls during the fill: {} = {:.2} per desktop provisioned (target <= 3.0); clone requests {}",
+            deskpool.calls_total,
+            deskpool.calls_total as f64 / f64::from(n),
+            deskpool.clones.len()
         );
-        print_methods(&calls, f64::from(N), "per desktop");
+        print_methods(&deskpool.calls, f64::from(n), "per desktop");
+    }
+    if show_fill {
+        sim.reset_stats().await;
+        let t0_us = unix_us();
+        let naive = naive_fill(&sim, &naive_folder, n, c, false).await;
+        print_run(
+            &format!(
+                "naive baseline ({c} clones at a time, each task read every {} ms with RetrievePropertiesEx, power-on outside the slot)",
+                NAIVE_POLL.as_millis()
+            ),
+            &naive,
+            t0_us,
+            n,
+            c,
+        );
+        println!(
+            "    slot refill, clone task ended -> next CloneVM_Task: {}",
+            summary_ms(&refill_ms(&naive.freed_at_simulator(), &naive.clones, c))
+        );
+        println!(
+            "    SOAP calls {} = {:.2} per desktop",
+            naive.calls_total,
+            naive.calls_total as f64 / f64::from(n)
+        );
+        println!(
+            "  deskpool / baseline: {:.2} s / {:.2} s = {:.3} (target < 1.0)",
+            secs(deskpool.elapsed),
+            secs(naive.elapsed),
+            secs(deskpool.elapsed) / secs(naive.elapsed)
+        );
+        // What `CloneSpec.powerOn` costs and saves, physically: the same baseline, one task
+        // per desktop that holds its slot through the power-on.
+        sim.reset_stats().await;
+        let t0_us = unix_us();
+        let on = naive_fill(&sim, &format!("{naive_folder}-on"), n, c, true).await;
+        print_run(
+            "naive baseline with CloneSpec.powerOn (no PowerOnVM_Task; the slot holds L + P)",
+            &on,
+            t0_us,
+            n,
+            c,
+        );
+        println!(
+            "    SOAP calls {} = {:.2} per desktop; ideal for this shape ceil(N/C) x (L + P) = {:.2} s",
+            on.calls_total,
+            on.calls_total as f64 / f64::from(n),
+            f64::from(n.div_ceil(c)) * secs(FILL_CLONE + FILL_POWER)
+        );
+    }
+}
+
+/// Waits for a task by reading its `info` every [`NAIVE_POLL`] (one RetrievePropertiesEx each).
+async fn poll_task(client: &Client, task: &MoRef) -> Option<MoRef> {
+    loop {
+        let info = client
+            .task_info(task)
+            .await
+            .expect("naive baseline: read task");
+        match info.state {
+            TaskState::Success => return info.result,
+            TaskState::Error => panic!("naive baseline: task {task} failed: {:?}", info.error),
+            TaskState::Queued | TaskState::Running => tokio::time::sleep(NAIVE_POLL).await,
+        }
+    }
+}
+
+/// The naive baseline of issue #9: `c` workers, each clones, reads the task every 50 ms until
+/// it ends, hands the power-on (started and polled the same way) to a task of its own so the
+/// next clone need not wait for it, and takes the next desktop. With `power_on_in_clone` the
+/// clone spec asks for `powerOn` instead: one task per desktop, which holds the slot through
+/// the power-on.
+async fn naive_fill(sim: &Vcsim, folder: &str, n: u32, c: u32, power_on_in_clone: bool) -> FillRun {
+    let client = Client::connect(vcenter(sim).options)
+        .await
+        .expect("naive baseline: connect");
+    let find = |path: String| {
+        let client = client.clone();
+        async move {
+            client
+                .find_by_inventory_path(&path)
+                .await
+                .expect("naive baseline: lookup")
+                .unwrap_or_else(|| panic!("naive baseline: {path} not found"))
+        }
+    };
+    let golden = find(sim.golden_path.clone()).await;
+    let placement = Arc::new(LinkedCloneSpec {
+        name: String::new(),
+        folder: find(format!("DC0/vm/{folder}")).await,
+        resource_pool: find("DC0/host/DC0_C0/Resources".into()).await,
+        // The simulator's cluster runs DRS: vCenter chooses the host.
+        host: None,
+        datastore: None,
+        snapshot: client
+            .resolve_snapshot(&golden, "current")
+            .await
+            .expect("naive baseline: snapshot"),
+        instance_uuid: String::new(),
+        extra_config: Vec::new(),
+        customization: None,
+        power_on: power_on_in_clone,
+    });
+    // Setup calls are not part of the measurement.
+    sim.reset_stats().await;
+
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicU32::new(0));
+    let power_ons = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<JoinHandle<()>> = (0..c)
+        .map(|_| {
+            let (client, golden, placement, next, power_ons) = (
+                client.clone(),
+                golden.clone(),
+                Arc::clone(&placement),
+                Arc::clone(&next),
+                Arc::clone(&power_ons),
+            );
+            let folder = folder.to_owned();
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    let spec = LinkedCloneSpec {
+                        name: format!("{folder}-{i:05}"),
+                        instance_uuid: uuid::Uuid::new_v4().to_string(),
+                        ..(*placement).clone()
+                    };
+                    let task = client
+                        .clone_linked(&golden, &spec)
+                        .await
+                        .expect("naive baseline: CloneVM_Task");
+                    let vm = poll_task(&client, &task)
+                        .await
+                        .expect("naive baseline: clone without a VM");
+                    if power_on_in_clone {
+                        continue;
+                    }
+                    let client = client.clone();
+                    let power = tokio::spawn(async move {
+                        let task = client
+                            .power_on(&vm)
+                            .await
+                            .expect("naive baseline: PowerOnVM_Task");
+                        poll_task(&client, &task).await;
+                    });
+                    power_ons.lock().expect("power-on list").push(power);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("naive baseline worker");
+    }
+    let power: Vec<_> = std::mem::take(&mut *power_ons.lock().expect("power-on list"));
+    for p in power {
+        p.await.expect("naive baseline power-on");
+    }
+    let elapsed = t0.elapsed();
+    let stats = sim.stats().await;
+    let clones = sim.clones().await;
+    let _ = client.logout().await;
+    FillRun {
+        elapsed,
+        clones,
+        calls: delta(&Stats::default(), &stats),
+        calls_total: stats.soap_calls_total,
+        max_in_flight: stats
+            .max_clones_in_flight_by_folder
+            .get(folder)
+            .copied()
+            .unwrap_or(0),
     }
 }
 

@@ -12,6 +12,10 @@ pub enum Error {
     /// Leadership was lost or the reconciler is shutting down.
     #[error("stopped: {0}")]
     Stopped(&'static str),
+    /// A desktop's step is retried after the pool's backoff (it is `pending` again, or its
+    /// clone failed); the text says why.
+    #[error("{0}")]
+    Retry(String),
     /// A worker panicked (a bug); the desktop is retried after a backoff.
     #[error("{0}")]
     Panicked(String),
@@ -31,6 +35,7 @@ impl Error {
             Error::Store(_) => "database",
             Error::Vsphere(e) => e.kind(),
             Error::Stopped(_) => "stopped",
+            Error::Retry(_) => "retry",
             Error::Panicked(_) => "panic",
         }
     }

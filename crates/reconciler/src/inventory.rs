@@ -2,7 +2,7 @@
 //! customization spec) to managed objects.
 
 use deskpool_domain::PoolSpec;
-use deskpool_vsphere::{Client, CustomizationSpecXml, Error as VsError, MoRef};
+use deskpool_vsphere::{Client, CustomizationSpecXml, Error as VsError, MoRef, PlacementRule};
 
 /// What a pool's clones are made from and put into.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +12,10 @@ pub(crate) struct Inventory {
     pub(crate) folder: MoRef,
     pub(crate) resource_pool: MoRef,
     pub(crate) datastore: Option<MoRef>,
+    /// `RelocateSpec.host`: set when the resource pool's cluster has DRS off.
+    pub(crate) host: Option<MoRef>,
+    /// The placement rule that applies (shown by `deskpool check`).
+    pub(crate) placement: PlacementRule,
     pub(crate) customization: Option<CustomizationSpecXml>,
 }
 
@@ -81,6 +85,20 @@ pub(crate) async fn resolve(client: &Client, spec: &PoolSpec) -> Result<Inventor
         Some(p) => Some(find(client, "datastore", &p).await?),
         None => None,
     };
+    // A cluster without DRS refuses clones that name no host: pick one now (re-picked at
+    // every resolution, i.e. at least once per sweep).
+    let placement = match client
+        .placement(&resource_pool, &golden, datastore.as_ref())
+        .await
+    {
+        Ok(p) => p,
+        Err(e) if e.is_transient() => return Err(ResolveError::Transient(e)),
+        Err(e) => {
+            return Err(ResolveError::Permanent(format!(
+                "resource pool '{rp_path}': {e}"
+            )))
+        }
+    };
     let customization = match &spec.customization_spec {
         Some(name) => match client.customization_spec(name).await {
             Ok(c) => Some(c),
@@ -99,6 +117,8 @@ pub(crate) async fn resolve(client: &Client, spec: &PoolSpec) -> Result<Inventor
         folder,
         resource_pool,
         datastore,
+        host: placement.host,
+        placement: placement.rule,
         customization,
     })
 }

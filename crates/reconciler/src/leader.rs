@@ -9,8 +9,9 @@ use deskpool_store::{events, lease};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{self, Ctx};
-use crate::status::{Role, StatusHandle};
+use crate::context::Ctx;
+use crate::controller;
+use crate::status::{Leadership, StatusHandle};
 use crate::vcenter::Vcenter;
 use crate::{Error, ReconcilerConfig, ACTOR, LEASE};
 
@@ -126,7 +127,7 @@ pub(crate) async fn run(
                 ));
                 let task = tokio::spawn(controller::run(ctx));
                 leading = Some(Leading { fence, stop, task });
-                status.set_role(Role::Leader);
+                status.set_role(Leadership::Leader);
             }
             Ok(Ok(None)) => {
                 if let Some(l) = leading.take() {
@@ -136,7 +137,7 @@ pub(crate) async fn run(
                     );
                     l.stop().await;
                 }
-                status.set_role(Role::Standby);
+                status.set_role(Leadership::Standby);
             }
             Ok(Err(e)) => {
                 lease_trouble(
@@ -194,6 +195,6 @@ async fn lease_trouble(
         }
     }
     if leading.is_none() {
-        status.set_role(Role::Starting);
+        status.set_role(Leadership::Starting);
     }
 }

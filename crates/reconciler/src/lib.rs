@@ -1,30 +1,37 @@
 //! deskpool's reconciler: keeps every pool at its target size with linked clones.
 //!
-//! Shape (after kube-rs): each pool gets at most one reconcile pass at a time; a pass reads the
-//! spec and the observed state (database, and on a periodic sweep the vCenter inventory),
-//! asks the pure [`deskpool_domain::plan`] what to change, records that in the database, and
-//! hands each desktop that needs vCenter work to a worker. Workers are bounded per vCenter
-//! (a semaphore) and per pool (the plan and the spawner). Passes run when a pool changes
-//! (Postgres `LISTEN`), when a worker finishes, after a backoff, and on the periodic sweep.
+//! Shape (after kube-rs): a pass for one pool is `reconcile::reconcile(pool, desktops, ..)
+//! -> Result<Action, Error>`; it reads the pool and its desktops once, asks the pure
+//! [`deskpool_domain::plan`] what to change, records that and hands desktops to workers
+//! (`steps`), which execute the steps [`deskpool_domain::next_step`] decides. The `Action` it
+//! returns, and `policy::error_policy` for every failure, tell the `scheduler` when to look
+//! at the pool again; the scheduler owns every wake-up, one timer per pool and the backoff.
 //!
 //! Only the replica holding the leader lease runs passes; every write it makes checks the
 //! lease's fencing token in the same transaction.
 
+mod compare;
+mod conditions;
+mod context;
 mod controller;
 mod error;
 mod inventory;
 mod leader;
-mod pass;
+mod policy;
+mod reconcile;
+mod scheduler;
+mod sources;
 mod status;
+mod steps;
 mod vcenter;
-mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::Error;
-pub use status::{Role, StatusHandle, VcenterStatus};
+pub use status::{Leadership, StatusHandle};
 use tokio_util::sync::CancellationToken;
+pub use vcenter::VcenterStatus;
 
 /// The actor name recorded on events the reconciler writes.
 pub const ACTOR: &str = "reconciler";
@@ -88,14 +95,15 @@ pub async fn check_pool(
 ) -> Result<String, String> {
     match inventory::resolve(client, spec).await {
         Ok(inv) => Ok(format!(
-            "golden VM {} snapshot {} folder {} resource pool {}{}",
+            "golden VM {} snapshot {} folder {} resource pool {}{}; placement: {}",
             inv.golden,
             inv.snapshot,
             inv.folder,
             inv.resource_pool,
             inv.datastore
                 .map(|d| format!(" datastore {d}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            inv.placement
         )),
         Err(inventory::ResolveError::Permanent(msg)) => Err(msg),
         Err(inventory::ResolveError::Transient(e)) => Err(format!("vCenter did not answer: {e}")),

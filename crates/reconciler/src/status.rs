@@ -2,12 +2,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::vcenter::Vcenter;
+use crate::vcenter::{Vcenter, VcenterStatus};
 
 /// This replica's part in the leader election.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub enum Leadership {
     /// Not yet known (first lease attempt pending or the database unreachable).
     Starting,
     /// Holds the lease and reconciles.
@@ -16,38 +16,27 @@ pub enum Role {
     Standby,
 }
 
-/// One vCenter's session state.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct VcenterStatus {
-    /// Configured name.
-    pub name: String,
-    /// A session is up and the last call reached vCenter.
-    pub connected: bool,
-    /// The last connection problem, if any.
-    pub error: Option<String>,
-}
-
 /// Cheap, cloneable view of the reconciler's condition.
 #[derive(Debug, Clone)]
 pub struct StatusHandle {
-    role: Arc<Mutex<Role>>,
+    role: Arc<Mutex<Leadership>>,
     vcenters: Vec<Arc<Vcenter>>,
 }
 
 impl StatusHandle {
     pub(crate) fn new(vcenters: Vec<Arc<Vcenter>>) -> Self {
         Self {
-            role: Arc::new(Mutex::new(Role::Starting)),
+            role: Arc::new(Mutex::new(Leadership::Starting)),
             vcenters,
         }
     }
 
-    pub(crate) fn set_role(&self, role: Role) {
+    pub(crate) fn set_role(&self, role: Leadership) {
         *self.role.lock().unwrap_or_else(|e| e.into_inner()) = role;
     }
 
     /// The current role.
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> Leadership {
         *self.role.lock().unwrap_or_else(|e| e.into_inner())
     }
 

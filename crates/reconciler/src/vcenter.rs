@@ -7,11 +7,24 @@ use deskpool_vsphere::{Client, MoRef, VmExpect};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::status::VcenterStatus;
 use crate::VcenterSpec;
+
+/// First retry after vCenter refused the login at startup (then doubling, as other failures).
+const MIN_RETRY_AFTER_INVALID_LOGIN: Duration = Duration::from_secs(2);
 
 /// Power-on operations in flight per vCenter, as Horizon's default.
 const MAX_CONCURRENT_POWER_ON: usize = 50;
+
+/// One vCenter's session state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VcenterStatus {
+    /// Configured name.
+    pub name: String,
+    /// A session is up and the last call reached vCenter.
+    pub connected: bool,
+    /// The last connection problem, if any.
+    pub error: Option<String>,
+}
 
 /// A vCenter connection shared by every pool on it.
 #[derive(Debug)]
@@ -80,6 +93,9 @@ impl Vcenter {
             connected,
             error: if connected {
                 None
+            } else if let Some(why) = self.client().and_then(|c| c.login_failure()) {
+                // A refused login (rotated password) is this vCenter's problem, not a clone's.
+                Some(why)
             } else if self.client().is_some() {
                 Some(
                     "the last call to vCenter failed (unreachable?); see the log for the error"
@@ -113,6 +129,11 @@ pub(crate) async fn connect_loop(vc: Arc<Vcenter>, cancel: CancellationToken) {
                 return;
             }
             Err(e) => {
+                if e.is_login_failure() {
+                    // Refused credentials: no faster than the client's own re-login backoff,
+                    // so a wrong password costs a handful of failed logins a minute.
+                    delay = delay.max(MIN_RETRY_AFTER_INVALID_LOGIN);
+                }
                 tracing::warn!(vcenter = %vc.name, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot log in to vCenter");
                 vc.set_error(Some(e.to_string()));
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use deskpool_domain::{DesktopState, PoolState};
-use deskpool_reconciler::Role;
+use deskpool_reconciler::Leadership;
 use deskpool_store::pools;
 use deskpool_testkit::vcsim::{Vcsim, VcsimOptions};
 use rand::Rng;
@@ -307,15 +307,15 @@ async fn two_replicas_one_leader_and_takeover(pool_opts: PgPoolOptions, opts: Pg
         "two replicas cloned the same desktops"
     );
     let mut replicas = [a, b];
-    let roles: Vec<Role> = replicas.iter().map(|r| r.status.role()).collect();
-    let leader = roles.iter().position(|r| *r == Role::Leader);
+    let roles: Vec<Leadership> = replicas.iter().map(|r| r.status.role()).collect();
+    let leader = roles.iter().position(|r| *r == Leadership::Leader);
     let leader = leader.unwrap_or_else(|| panic!("no leader: {roles:?}"));
-    assert_eq!(roles[1 - leader], Role::Standby, "{roles:?}");
+    assert_eq!(roles[1 - leader], Leadership::Standby, "{roles:?}");
     // Kill the leader like kill -9; the standby takes over and handles the next change.
     replicas[leader].crash();
     let standby = &replicas[1 - leader];
     eventually("standby to take over", || async {
-        (standby.status.role() == Role::Leader).then_some(())
+        (standby.status.role() == Leadership::Leader).then_some(())
     })
     .await;
     set_target(&db, "lab", 14).await;
@@ -435,4 +435,44 @@ async fn a_vm_destroyed_by_hand_is_replaced_without_waiting_for_resync(
     })
     .await;
     converged(&db, &sim, "lab", 3).await;
+}
+
+/// vSphere refuses clones into a cluster without DRS unless they name a host (the harness
+/// does too): the pool still fills, every clone on the least loaded usable host.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn fills_a_pool_on_a_cluster_without_drs(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 50)).await;
+    sim.set_cluster_drs("DC0_C0", false).await;
+    sim.set_host_state(
+        "DC0_C0_H0",
+        serde_json::json!({ "memory_mb": 100, "maintenance": true }),
+    )
+    .await;
+    create_pool(&db, &spec("lab", 3, 2)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 3).await;
+    assert_eq!(sim.stats().await.clone_requests, 3, "no clone was refused");
+}
+
+/// A wrong vCenter password at startup: the replica keeps trying, but at most 6 logins a
+/// minute reach vCenter (account lockout policies count failed logins).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_wrong_password_costs_at_most_6_logins_a_minute(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 0)).await;
+    create_pool(&db, &spec("lab", 2, 2)).await;
+    let mut vc = vcenter(&sim);
+    vc.options.password = secrecy::SecretString::from("not-the-password".to_string());
+    let _r = Replica::start(&opts, vec![vc], config("a"));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let logins = sim.stats().await.calls("Login");
+    assert!(
+        (2..=6).contains(&logins),
+        "{logins} Login calls in a minute"
+    );
+    assert_eq!(sim.stats().await.clone_requests, 0);
 }

@@ -198,6 +198,86 @@ pub struct Progress {
     pub snapshot_moref: Option<String>,
 }
 
+impl Progress {
+    /// Back to `pending`, forgetting the task: the desktop is cloned again.
+    pub fn pending() -> Self {
+        Self::failed_or_pending(DesktopState::Pending, None)
+    }
+
+    /// `failed` with the reason shown to the user; the VM (if any) is forgotten.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        Self::failed_or_pending(DesktopState::Failed, Some(reason.into()))
+    }
+
+    fn failed_or_pending(state: DesktopState, last_error: Option<String>) -> Self {
+        Self {
+            state,
+            vm_moref: None,
+            task_moref: None,
+            powered_on: false,
+            last_error,
+            snapshot_moref: None,
+        }
+    }
+
+    /// `cloning`: the clone task `task` runs, from snapshot `snapshot`.
+    pub fn clone_started(task: String, snapshot: String) -> Self {
+        Self {
+            task_moref: Some(task),
+            snapshot_moref: Some(snapshot),
+            ..Self::pending_with(DesktopState::Cloning)
+        }
+    }
+
+    /// `cloning` with its VM known (found by instance UUID or ownership marker).
+    pub fn adopted(vm: String) -> Self {
+        Self {
+            vm_moref: Some(vm),
+            ..Self::pending_with(DesktopState::Cloning)
+        }
+    }
+
+    /// The clone made `vm`; the desktop powers on next (`powering_on`) or is `ready` now.
+    pub fn cloned(vm: String, power_on: bool) -> Self {
+        let state = if power_on {
+            DesktopState::PoweringOn
+        } else {
+            DesktopState::Ready
+        };
+        Self {
+            vm_moref: Some(vm),
+            ..Self::pending_with(state)
+        }
+    }
+
+    /// `ready` and powered on.
+    pub fn powered_on() -> Self {
+        Self {
+            powered_on: true,
+            ..Self::pending_with(DesktopState::Ready)
+        }
+    }
+
+    /// The same state and fault text, with the power state (and VM, if given) vCenter reported.
+    pub fn observed(d: &Desktop, vm: Option<String>, powered_on: bool) -> Self {
+        Self {
+            state: d.state,
+            vm_moref: vm,
+            task_moref: None,
+            powered_on,
+            last_error: d.last_error.clone(),
+            snapshot_moref: None,
+        }
+    }
+
+    fn pending_with(state: DesktopState) -> Self {
+        Self {
+            state,
+            ..Self::pending()
+        }
+    }
+}
+
 /// Records a desktop's progress. A desktop already in `deleting` stays there (a helpdesk
 /// delete wins over a clone finishing at the same time). Reaching `ready`, `failed` or
 /// `pending` clears the task moref (the task has ended, and finished tasks soon vanish). Returns the stored row, or None if the
@@ -249,6 +329,24 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<bool, StoreErro
         .execute(conn)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// For the VMs among `morefs` that belong to a desktop of a pool on `vcenter`: (VM moref,
+/// pool name).
+pub async fn owners_of_vms(
+    conn: &mut PgConnection,
+    vcenter: &str,
+    morefs: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = sqlx::query_as(
+        "SELECT d.vm_moref, p.name FROM desktops d JOIN pools p ON p.id = d.pool_id
+         WHERE p.vcenter = $1 AND d.vm_moref = ANY($2)",
+    )
+    .bind(vcenter)
+    .bind(morefs)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
 }
 
 /// Desktop counts by pool name and state, for metrics.

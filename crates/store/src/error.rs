@@ -39,6 +39,27 @@ pub enum StoreError {
         /// The stale token.
         token: i64,
     },
+    /// The pool is being deleted: its spec can no longer change.
+    #[error("pool '{name}' is being deleted")]
+    PoolDeleting {
+        /// The pool's name.
+        name: String,
+    },
+    /// The pool still has desktops on its vCenter, so its vCenter or datacenter may not change.
+    #[error(
+        "pool '{name}' still has {desktops} desktop(s) on vCenter '{vcenter}' / datacenter '{datacenter}': \
+         scale it to 0 (or delete it) before moving it elsewhere"
+    )]
+    VcenterFixed {
+        /// The pool's name.
+        name: String,
+        /// Desktops it still has.
+        desktops: i64,
+        /// The vCenter they live on.
+        vcenter: String,
+        /// The datacenter they live in.
+        datacenter: String,
+    },
     /// A stored value could not be read back (e.g. an unknown state string).
     #[error("corrupt row: {0}")]
     Corrupt(String),

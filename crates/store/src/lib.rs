@@ -30,6 +30,15 @@ pub async fn notify_pool(conn: &mut sqlx::PgConnection, pool: &str) -> Result<()
     Ok(())
 }
 
+/// The database's clock now (the clock every `updated_at` uses).
+pub async fn db_now(
+    conn: &mut sqlx::PgConnection,
+) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+    let (now,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("SELECT now()").fetch_one(conn).await?;
+    Ok(now)
+}
+
 /// Converts a count or size stored as `integer` to `u32` (constraints keep it non-negative).
 pub(crate) fn to_u32(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)

@@ -208,6 +208,14 @@ pub async fn get_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Pool>
     row.map(Pool::try_from).transpose()
 }
 
+/// Every pool's name, by name (cheaper than [`list`] when only names are needed).
+pub async fn names(conn: &mut PgConnection) -> Result<Vec<String>, StoreError> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT name FROM pools ORDER BY name")
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|(n,)| n).collect())
+}
+
 /// Every pool, by name.
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<Pool>, StoreError> {
     let rows: Vec<PoolRow> = sqlx::query_as("SELECT * FROM pools ORDER BY name")
@@ -279,9 +287,8 @@ pub async fn update_spec(
 ) -> Result<Pool, StoreError> {
     let current = lock_checked(conn, name, expected_version).await?;
     if current.state == PoolState::Deleting {
-        return Err(StoreError::Invalid {
-            constraint: "pools_state".into(),
-            message: format!("pool '{name}' is being deleted"),
+        return Err(StoreError::PoolDeleting {
+            name: name.to_owned(),
         });
     }
     if current.spec.vcenter != spec.vcenter || current.spec.datacenter != spec.datacenter {
@@ -291,13 +298,11 @@ pub async fn update_spec(
             .fetch_one(&mut *conn)
             .await?;
         if n > 0 {
-            return Err(StoreError::Invalid {
-                constraint: "pools_vcenter_fixed".into(),
-                message: format!(
-                    "pool '{name}' still has {n} desktop(s) on vCenter '{}' / datacenter '{}': \
-                     scale it to 0 (or delete it) before moving it elsewhere",
-                    current.spec.vcenter, current.spec.datacenter
-                ),
+            return Err(StoreError::VcenterFixed {
+                name: name.to_owned(),
+                desktops: n,
+                vcenter: current.spec.vcenter,
+                datacenter: current.spec.datacenter,
             });
         }
     }

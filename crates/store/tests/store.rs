@@ -444,7 +444,7 @@ async fn vcenter_cannot_change_under_desktops(db: PgPool) {
         .await
         .unwrap_err();
     assert!(
-        matches!(&e, StoreError::Invalid { message, .. } if message.contains("scale it to 0")),
+        matches!(&e, StoreError::VcenterFixed { .. } if e.to_string().contains("scale it to 0")),
         "{e:?}"
     );
     let mut dc = moved.clone();

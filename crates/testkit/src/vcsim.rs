@@ -105,6 +105,23 @@ impl Stats {
     }
 }
 
+/// One `CloneVM_Task` from `GET /clones`: when the simulator received it and when its task
+/// ended, in microseconds since the Unix epoch (the clock PostgreSQL's `now()` and
+/// `SystemTime` read).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CloneRecord {
+    pub name: String,
+    /// Destination folder name.
+    pub folder: String,
+    pub received_us: i64,
+    /// 0 while the task runs.
+    pub done_us: i64,
+    pub ok: bool,
+    /// The request asked for `spec.powerOn` (the task then includes the power-on delay).
+    pub power_on: bool,
+}
+
 /// One VM from `GET /vms`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -285,14 +302,26 @@ impl Vcsim {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The simulator's process id (None once it has been reaped), e.g. to read its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Counters (SOAP calls, clones, clones in flight, VM count).
     pub async fn stats(&self) -> Stats {
         self.get("/stats").await
     }
 
-    /// Zeroes counters and maxima (clones still in flight stay counted).
+    /// Zeroes counters and maxima (clones still in flight stay counted) and forgets the clone
+    /// timeline of [`Vcsim::clones`].
     pub async fn reset_stats(&self) {
         self.post("/stats/reset", serde_json::json!({})).await;
+    }
+
+    /// Every `CloneVM_Task` since the start or the last [`Vcsim::reset_stats`], in arrival
+    /// order.
+    pub async fn clones(&self) -> Vec<CloneRecord> {
+        self.get("/clones").await
     }
 
     /// Terminates every SOAP session: the next call with an old session
@@ -306,6 +335,49 @@ impl Vcsim {
     /// Affects tasks started afterwards.
     pub async fn set_config(&self, cfg: serde_json::Value) {
         self.post("/config", cfg).await;
+    }
+
+    /// Objects living in SOAP sessions by type (`PropertyCollector`, `ContainerView`,
+    /// `ListView`), over every session: what a client made and did not destroy.
+    pub async fn session_objects(&self) -> BTreeMap<String, u64> {
+        self.get("/session-objects").await
+    }
+
+    /// Makes a VM inaccessible as a datastore outage does on vCenter
+    /// (`runtime.connectionState = inaccessible`, `config.*` answered in a `missingSet`), or
+    /// accessible again.
+    pub async fn set_vm_inaccessible(&self, moref: &str, inaccessible: bool) {
+        self.post(
+            "/vms/inaccessible",
+            serde_json::json!({ "moref": moref, "inaccessible": inaccessible }),
+        )
+        .await;
+    }
+
+    /// Turns DRS of a cluster (e.g. `DC0_C0`) on or off. With DRS off, clones into the
+    /// cluster fail with `InvalidArgument` unless `RelocateSpec.host` is set, as on vCenter.
+    pub async fn set_cluster_drs(&self, cluster: &str, enabled: bool) {
+        self.post(
+            "/clusters/drs",
+            serde_json::json!({ "cluster": cluster, "enabled": enabled }),
+        )
+        .await;
+    }
+
+    /// Sets a host's state: any subset of `{"memory_mb": n, "maintenance": bool,
+    /// "connected": bool}` (`summary.quickStats.overallMemoryUsage`,
+    /// `runtime.inMaintenanceMode`, `runtime.connectionState`).
+    pub async fn set_host_state(&self, host: &str, state: serde_json::Value) {
+        let mut body = state;
+        body["host"] = serde_json::Value::from(host);
+        self.post("/hosts/state", body).await;
+    }
+
+    /// Changes the password later `Login`s need (a password rotated on vCenter); open
+    /// sessions stay valid. `self.password` keeps the start-up one.
+    pub async fn set_password(&self, password: &str) {
+        self.post("/password", serde_json::json!({ "password": password }))
+            .await;
     }
 
     /// Removes every snapshot of the golden VM (clones naming one then fail

@@ -55,6 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 folder: folder.clone(),
                 resource_pool: pool.clone(),
                 datastore: None,
+                host: None,
                 snapshot: snapshot.clone(),
                 instance_uuid: uuid::Uuid::new_v4().to_string(),
                 extra_config: vec![("deskpool.bench".into(), run.clone())],

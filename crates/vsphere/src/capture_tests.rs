@@ -1,9 +1,11 @@
 //! Unit tests on real pyVmomi <-> govmomi-simulator captures (tests/fixtures), plus the same
 //! documents rewritten to vCenter's `xsi:type` spelling.
 
-use crate::error::{Error, FaultKind};
+use crate::base::{MoRef, PowerState};
+use crate::error::Error;
+use crate::fault::FaultKind;
 use crate::soap::{self, req};
-use crate::types::{LinkedCloneSpec, MoRef, PowerState, TaskState};
+use crate::types::{LinkedCloneSpec, TaskState};
 use crate::xml;
 
 macro_rules! fixture {
@@ -148,6 +150,7 @@ fn clone_request_matches_capture_structure() {
         folder: m("Folder", "folder-3"),
         resource_pool: m("ResourcePool", "resgroup-15"),
         datastore: None,
+        host: None,
         snapshot: m("VirtualMachineSnapshot", "snapshot-33"),
         instance_uuid: "5b1a9c1e-0000-4000-8000-000000000001".into(),
         extra_config: vec![],
@@ -178,6 +181,7 @@ fn clone_request_full_spec_in_wsdl_order_and_escaped() {
         folder: m("Folder", "folder-3"),
         resource_pool: m("ResourcePool", "resgroup-15"),
         datastore: Some(m("Datastore", "datastore-1")),
+        host: Some(m("HostSystem", "host-21")),
         snapshot: m("VirtualMachineSnapshot", "snapshot-33"),
         instance_uuid: "u".into(),
         extra_config: vec![
@@ -215,7 +219,7 @@ fn clone_request_full_spec_in_wsdl_order_and_escaped() {
     );
     assert_eq!(
         names(s.child("location").unwrap()),
-        ["datastore", "diskMoveType", "pool"]
+        ["datastore", "diskMoveType", "pool", "host"]
     );
     assert_eq!(
         s.child("location").unwrap().child_text("diskMoveType"),
@@ -290,7 +294,8 @@ fn create_filter_request_shape_matches_capture() {
 #[test]
 fn wait_for_updates_running_then_success_both_spellings() {
     for doc in both(fixture!("00034-WaitForUpdatesEx-resp.xml")) {
-        let (version, updates) = soap::parse_update_set(soap::decode("W", &doc).unwrap()).unwrap();
+        let set = soap::parse_update_set(soap::decode("W", &doc).unwrap()).unwrap();
+        let (version, updates) = (set.version, set.updates);
         assert_eq!(version.as_deref(), Some("-"));
         assert_eq!(updates.len(), 1);
         let u = &updates[0];
@@ -305,7 +310,9 @@ fn wait_for_updates_running_then_success_both_spellings() {
         assert!(u.changes[1].1.is_none());
     }
     for doc in both(fixture!("00036-WaitForUpdatesEx-resp.xml")) {
-        let (_, updates) = soap::parse_update_set(soap::decode("W", &doc).unwrap()).unwrap();
+        let updates = soap::parse_update_set(soap::decode("W", &doc).unwrap())
+            .unwrap()
+            .updates;
         let u = &updates[0];
         assert_eq!(u.kind, "modify");
         let val = |n: &str| u.changes.iter().find(|c| c.0 == n).unwrap().1.clone();
@@ -320,7 +327,8 @@ fn wait_for_updates_running_then_success_both_spellings() {
 #[test]
 fn empty_wait_result_is_a_timeout() {
     let doc = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><WaitForUpdatesExResponse xmlns="urn:vim25"></WaitForUpdatesExResponse></soapenv:Body></soapenv:Envelope>"#;
-    let (version, updates) = soap::parse_update_set(soap::decode("W", doc).unwrap()).unwrap();
+    let set = soap::parse_update_set(soap::decode("W", doc).unwrap()).unwrap();
+    let (version, updates) = (set.version, set.updates);
     assert_eq!(version, None);
     assert!(updates.is_empty());
 }
@@ -405,8 +413,49 @@ fn task_error(xsi_type: &str, inner: &str) -> String {
 }
 
 #[test]
+fn only_invalid_power_state_with_the_vm_on_means_already_on() {
+    let cases = [
+        (
+            "InvalidPowerState",
+            "<existingState>poweredOn</existingState>",
+            true,
+        ),
+        (
+            "InvalidPowerState",
+            "<existingState>poweredOff</existingState>",
+            false,
+        ),
+        ("InvalidPowerState", "", false),
+        ("InvalidState", "", false),
+        ("InvalidHostConnectionState", "", false),
+        ("NoActiveHostInCluster", "", false),
+        ("QuestionPending", "", false),
+    ];
+    for (ty, inner, already_on) in cases {
+        let e = soap::decode(
+            "M",
+            soap_fault(&format!("{ty}Fault"), Some(ty), inner).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.fault().unwrap().means_already_on(),
+            already_on,
+            "{ty} {inner}"
+        );
+        assert!(!e.is_login_failure());
+    }
+    let e = soap::decode(
+        "M",
+        soap_fault("InvalidLoginFault", Some("InvalidLogin"), "").as_bytes(),
+    )
+    .unwrap_err();
+    assert!(e.is_login_failure());
+}
+
+#[test]
 fn every_fault_kind_from_soap_fault_and_task_error() {
-    let cases: Vec<(&str, &str, FaultKind, bool)> = vec![
+    let cases: Vec<(&str, &str, FaultKind, bool)> =
+        vec![
         ("NotAuthenticated", "", FaultKind::NotAuthenticated, true),
         (
             "ManagedObjectNotFound",
@@ -435,8 +484,41 @@ fn every_fault_kind_from_soap_fault_and_task_error() {
             true,
         ),
         ("TaskInProgress", "", FaultKind::TaskInProgress, true),
-        ("InvalidState", "", FaultKind::InvalidState, false),
-        ("InvalidPowerState", "", FaultKind::InvalidState, false),
+        // Power-on refusals: only InvalidPowerState says what state the VM is in.
+        ("InvalidState", "", FaultKind::InvalidState, true),
+        (
+            "InvalidPowerState",
+            "",
+            FaultKind::InvalidPowerState { existing: None },
+            false,
+        ),
+        (
+            "InvalidPowerState",
+            "<requestedState>poweredOn</requestedState><existingState>poweredOn</existingState>",
+            FaultKind::InvalidPowerState {
+                existing: Some(PowerState::PoweredOn),
+            },
+            false,
+        ),
+        (
+            "InvalidHostConnectionState",
+            "<host type=\"HostSystem\">host-21</host>",
+            FaultKind::InvalidState,
+            true,
+        ),
+        ("NoActiveHostInCluster", "", FaultKind::InvalidState, true),
+        ("QuestionPending", "<text>Continue?</text>", FaultKind::InvalidState, true),
+        // Outages, not settings: retried, never a pool error.
+        (
+            "InaccessibleDatastore",
+            "<datastore type=\"Datastore\">datastore-1</datastore><name>ds1</name>",
+            FaultKind::InaccessibleDatastore,
+            true,
+        ),
+        ("HostCommunication", "", FaultKind::HostCommunication, true),
+        ("HostNotConnected", "", FaultKind::HostCommunication, true),
+        ("HostNotReachable", "", FaultKind::HostCommunication, true),
+        ("SystemError", "<reason>vpxd busy</reason>", FaultKind::SystemError, true),
         ("InvalidDatastore", "", FaultKind::InvalidDatastore, false),
         (
             "InvalidDatastorePath",
@@ -459,7 +541,8 @@ fn every_fault_kind_from_soap_fault_and_task_error() {
             FaultKind::CustomizationFault,
             false,
         ),
-        ("InvalidLogin", "", FaultKind::InvalidLogin, false),
+        // The session's problem (the vCenter is unhealthy), not the request's.
+        ("InvalidLogin", "", FaultKind::InvalidLogin, true),
         (
             "MigrationFault",
             "",
@@ -544,4 +627,48 @@ fn customization_spec_is_reserialised_with_xsi_prefix() {
         spec.as_str(),
         r#"<options xsi:type="CustomizationLinuxOptions"></options><identity xsi:type="CustomizationLinuxPrep"><hostName xsi:type="CustomizationVirtualMachineName"></hostName><domain>a&amp;b</domain></identity>"#
     );
+}
+
+/// An inaccessible VM as vCenter lists it: `runtime.*` readable, `config.*` in `missingSet`.
+const INACCESSIBLE_VM: &[u8] = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="VirtualMachine">vm-9</obj><propSet><name>name</name><val xsi:type="xsd:string">lab-009</val></propSet><propSet><name>runtime.connectionState</name><val xsi:type="VirtualMachineConnectionState">inaccessible</val></propSet><propSet><name>runtime.powerState</name><val xsi:type="VirtualMachinePowerState">poweredOn</val></propSet><missingSet><path>config.instanceUuid</path><fault><fault xsi:type="InaccessibleDatastore"><datastore type="Datastore">datastore-1</datastore><name>ds1</name></fault><localizedMessage>Datastore ds1 is not accessible</localizedMessage></fault></missingSet><missingSet><path>config.extraConfig</path><fault><fault xsi:type="InaccessibleDatastore"/><localizedMessage></localizedMessage></fault></missingSet></objects></returnval></RetrievePropertiesExResponse></soapenv:Body></soapenv:Envelope>"#;
+
+#[test]
+fn a_missing_set_marks_the_vm_inaccessible_with_the_fault_kept() {
+    let (objs, _) =
+        soap::parse_retrieve_result("R", soap::decode("R", INACCESSIBLE_VM).unwrap()).unwrap();
+    let vm = soap::vm_info_from(&objs[0]);
+    assert!(vm.inaccessible);
+    assert_eq!(vm.name, "lab-009");
+    assert_eq!(vm.power_state, PowerState::PoweredOn);
+    assert_eq!(vm.instance_uuid, None);
+    let paths: Vec<&str> = vm.missing.iter().map(|m| m.path.as_str()).collect();
+    assert_eq!(paths, ["config.instanceUuid", "config.extraConfig"]);
+    assert_eq!(vm.missing[0].fault.type_name(), "InaccessibleDatastore");
+    assert_eq!(
+        vm.missing[0].fault.message,
+        "Datastore ds1 is not accessible"
+    );
+    // A readable VM is not inaccessible.
+    let doc = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="VirtualMachine">vm-9</obj><propSet><name>runtime.connectionState</name><val xsi:type="VirtualMachineConnectionState">connected</val></propSet><propSet><name>config.instanceUuid</name><val xsi:type="xsd:string">u-1</val></propSet></objects></returnval></RetrievePropertiesExResponse></soapenv:Body></soapenv:Envelope>"#;
+    let (objs, _) = soap::parse_retrieve_result("R", soap::decode("R", doc).unwrap()).unwrap();
+    let vm = soap::vm_info_from(&objs[0]);
+    assert!(!vm.inaccessible && vm.missing.is_empty(), "{vm:?}");
+    assert_eq!(vm.instance_uuid.as_deref(), Some("u-1"));
+}
+
+#[test]
+fn update_sets_carry_truncated_and_missing_sets() {
+    let doc = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><WaitForUpdatesExResponse xmlns="urn:vim25"><returnval><version>7</version><filterSet><filter type="PropertyFilter">f-1</filter><objectSet><kind>enter</kind><obj type="VirtualMachine">vm-9</obj><changeSet><name>runtime.powerState</name><op>assign</op><val xsi:type="VirtualMachinePowerState">poweredOn</val></changeSet><missingSet><path>config.instanceUuid</path><fault><fault xsi:type="InaccessibleDatastore"/></fault></missingSet></objectSet></filterSet><truncated>true</truncated></returnval></WaitForUpdatesExResponse></soapenv:Body></soapenv:Envelope>"#;
+    let set = soap::parse_update_set(soap::decode("W", doc).unwrap()).unwrap();
+    assert!(set.truncated);
+    assert_eq!(set.version.as_deref(), Some("7"));
+    assert_eq!(set.updates[0].missing.len(), 1);
+    assert_eq!(set.updates[0].missing[0].0, "config.instanceUuid");
+    assert_eq!(
+        set.updates[0].missing[0].1.type_name(),
+        "InaccessibleDatastore"
+    );
+    let plain = String::from_utf8_lossy(doc).replace("<truncated>true</truncated>", "");
+    let set = soap::parse_update_set(soap::decode("W", plain.as_bytes()).unwrap()).unwrap();
+    assert!(!set.truncated);
 }

@@ -1,220 +1,6 @@
-//! Errors and vSphere faults.
+//! Everything the client can fail with.
 
-use std::fmt;
-
-use crate::types::MoRef;
-use crate::xml::Node;
-
-/// The vSphere fault types deskpool reacts to; everything else is `Other`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FaultKind {
-    /// The session is missing or expired.
-    NotAuthenticated,
-    /// The object does not exist (any more).
-    ManagedObjectNotFound {
-        /// The missing object, when the server said which.
-        obj: Option<MoRef>,
-    },
-    /// An object with this name already exists in the folder.
-    DuplicateName {
-        /// The name in conflict.
-        name: String,
-    },
-    /// `InsufficientResourcesFault` or one of its subtypes.
-    InsufficientResources,
-    /// The object is busy with another task.
-    TaskInProgress,
-    /// `InvalidState` or a subtype (e.g. `InvalidPowerState`).
-    InvalidState,
-    /// `InvalidDatastore` or a subtype.
-    InvalidDatastore,
-    /// `FileFault` or a subtype.
-    FileFault,
-    /// `VmConfigFault` or a subtype.
-    VmConfigFault,
-    /// `CustomizationFault` or a subtype.
-    CustomizationFault,
-    /// Wrong user name or password.
-    InvalidLogin,
-    /// Any other fault type.
-    Other {
-        /// The type name as the server sent it.
-        fault_type: String,
-    },
-}
-
-/// A fault reported by vCenter, as a SOAP fault or in `TaskInfo.error`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fault {
-    /// What kind of fault.
-    pub kind: FaultKind,
-    /// The server's message (`faultstring` or `localizedMessage`); may be empty.
-    pub message: String,
-}
-
-impl Fault {
-    /// Build a fault.
-    pub fn new(kind: FaultKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// Worth retrying with backoff (the same request may succeed later).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self.kind,
-            FaultKind::TaskInProgress
-                | FaultKind::InsufficientResources
-                | FaultKind::NotAuthenticated
-        )
-    }
-
-    /// Metric label, snake_case.
-    pub fn label(&self) -> &'static str {
-        match self.kind {
-            FaultKind::NotAuthenticated => "not_authenticated",
-            FaultKind::ManagedObjectNotFound { .. } => "managed_object_not_found",
-            FaultKind::DuplicateName { .. } => "duplicate_name",
-            FaultKind::InsufficientResources => "insufficient_resources",
-            FaultKind::TaskInProgress => "task_in_progress",
-            FaultKind::InvalidState => "invalid_state",
-            FaultKind::InvalidDatastore => "invalid_datastore",
-            FaultKind::FileFault => "file_fault",
-            FaultKind::VmConfigFault => "vm_config_fault",
-            FaultKind::CustomizationFault => "customization_fault",
-            FaultKind::InvalidLogin => "invalid_login",
-            FaultKind::Other { .. } => "other_fault",
-        }
-    }
-
-    /// The vSphere type name this fault was parsed from (or its family's name).
-    pub fn type_name(&self) -> &str {
-        match &self.kind {
-            FaultKind::NotAuthenticated => "NotAuthenticated",
-            FaultKind::ManagedObjectNotFound { .. } => "ManagedObjectNotFound",
-            FaultKind::DuplicateName { .. } => "DuplicateName",
-            FaultKind::InsufficientResources => "InsufficientResourcesFault",
-            FaultKind::TaskInProgress => "TaskInProgress",
-            FaultKind::InvalidState => "InvalidState",
-            FaultKind::InvalidDatastore => "InvalidDatastore",
-            FaultKind::FileFault => "FileFault",
-            FaultKind::VmConfigFault => "VmConfigFault",
-            FaultKind::CustomizationFault => "CustomizationFault",
-            FaultKind::InvalidLogin => "InvalidLogin",
-            FaultKind::Other { fault_type } => fault_type,
-        }
-    }
-
-    /// Build from a fault element (`detail/XFault` or `TaskInfo.error.fault`). The type comes
-    /// from the xsi:type attribute, falling back to the element name without `Fault`.
-    pub(crate) fn from_node(node: &Node, message: &str) -> Self {
-        let type_name = node.xsi_type_local().map(str::to_owned).unwrap_or_else(|| {
-            node.name
-                .strip_suffix("Fault")
-                .filter(|s| !s.is_empty())
-                .unwrap_or(&node.name)
-                .to_owned()
-        });
-        let kind = classify(&type_name, node);
-        Self::new(kind, message)
-    }
-}
-
-fn classify(type_name: &str, node: &Node) -> FaultKind {
-    match type_name {
-        "NotAuthenticated" => FaultKind::NotAuthenticated,
-        "ManagedObjectNotFound" => FaultKind::ManagedObjectNotFound {
-            obj: node.child("obj").and_then(Node::as_moref),
-        },
-        "DuplicateName" => FaultKind::DuplicateName {
-            name: node.child_text("name").unwrap_or_default().to_owned(),
-        },
-        "TaskInProgress" => FaultKind::TaskInProgress,
-        "InvalidLogin" => FaultKind::InvalidLogin,
-        // Subtypes, from the vim25 fault hierarchy.
-        t if t.starts_with("Insufficient") => FaultKind::InsufficientResources,
-        "InvalidState"
-        | "InvalidPowerState"
-        | "InvalidHostState"
-        | "InvalidVmState"
-        | "InvalidHostConnectionState"
-        | "CannotPowerOffVmInCluster"
-        | "MksConnectionLimitReached"
-        | "InvalidDatastoreState"
-        | "QuestionPending"
-        | "NoActiveHostInCluster" => FaultKind::InvalidState,
-        "InvalidDatastore"
-        | "InvalidDatastorePath"
-        | "InaccessibleDatastore"
-        | "DatastoreNotWritableOnHost"
-        | "InaccessibleVFlashSource" => FaultKind::InvalidDatastore,
-        "FileFault"
-        | "FileNotFound"
-        | "FileAlreadyExists"
-        | "FileLocked"
-        | "FileTooLarge"
-        | "FileNameTooLong"
-        | "FileNotWritable"
-        | "CannotAccessFile"
-        | "CannotCreateFile"
-        | "CannotDeleteFile"
-        | "IncorrectFileType"
-        | "NotADirectory"
-        | "NotAFile"
-        | "NoDiskSpace"
-        | "TooManyConcurrentNativeClones"
-        | "CannotAccessVmDisk"
-        | "CannotAccessVmConfig"
-        | "CannotAccessVmComponent" => FaultKind::FileFault,
-        "VmConfigFault"
-        | "InvalidVmConfig"
-        | "InvalidDeviceSpec"
-        | "InvalidDiskFormat"
-        | "InvalidSnapshotFormat"
-        | "VmConfigIncompatibleForFaultTolerance"
-        | "CannotDisableSnapshot"
-        | "UnsupportedVmxLocation"
-        | "RuleViolation"
-        | "VmConfigIncompatibleForRecordReplay"
-        | "EightHostLimitViolated"
-        | "GenericVmConfigFault"
-        | "NoCompatibleSoftAffinityHost" => FaultKind::VmConfigFault,
-        "CustomizationFault"
-        | "CannotDecryptPasswords"
-        | "CustomizationPending"
-        | "IpHostnameGeneratorError"
-        | "LinuxVolumeNotClean"
-        | "MissingLinuxCustResources"
-        | "MissingWindowsCustResources"
-        | "MountError"
-        | "NicSettingMismatch"
-        | "NoDisksToCustomize"
-        | "UncustomizableGuest"
-        | "UnexpectedCustomizationFault"
-        | "WindowsCustomizationFailed" => FaultKind::CustomizationFault,
-        other => FaultKind::Other {
-            fault_type: other.to_owned(),
-        },
-    }
-}
-
-impl fmt::Display for Fault {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            FaultKind::ManagedObjectNotFound { obj: Some(o) } => {
-                write!(f, "ManagedObjectNotFound ({o})")?
-            }
-            FaultKind::DuplicateName { name } => write!(f, "DuplicateName ('{name}')")?,
-            _ => f.write_str(self.type_name())?,
-        }
-        if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
-        }
-        Ok(())
-    }
-}
+use crate::fault::{Fault, FaultKind};
 
 /// Everything the client can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +20,16 @@ pub enum Error {
         /// Underlying HTTP error, if any.
         #[source]
         source: Option<reqwest::Error>,
+    },
+    /// vCenter's answer was larger than [`crate::ClientOptions::max_response_bytes`].
+    #[error("{method}: the answer from vCenter at {url} is larger than {limit} bytes (max_response_mib in the vCenter's configuration); the call was abandoned")]
+    ResponseTooLarge {
+        /// The SOAP method.
+        method: &'static str,
+        /// The endpoint (without credentials).
+        url: String,
+        /// The limit that was hit.
+        limit: u64,
     },
     /// The response was not the XML we expected.
     #[error("{method}: cannot parse the vCenter response: {detail}")]
@@ -255,6 +51,10 @@ pub enum Error {
         /// Snapshot paths that exist on the VM.
         candidates: Vec<String>,
     },
+    /// No host can take the clones (a cluster without DRS whose hosts are all disconnected,
+    /// in maintenance mode or without the datastores).
+    #[error("placement: {0}")]
+    Placement(String),
     /// TLS configuration is unusable (CA file, thumbprint).
     #[error("TLS configuration: {0}")]
     Tls(String),
@@ -275,14 +75,20 @@ fn candidates_suffix(c: &[String]) -> String {
 }
 
 impl Error {
-    /// Worth retrying later: TaskInProgress, InsufficientResources, NotAuthenticated
-    /// (after the client's own re-login failed) and transport failures.
+    /// Worth retrying later: the transient faults ([`Fault::is_transient`]), transport
+    /// failures and answers that could not be parsed (a proxy's error page, a truncated
+    /// body). Configuration, TLS, snapshot and size-limit errors need a change first.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Fault(fault) => fault.is_transient(),
-            Error::Transport { .. } => true,
+            Error::Transport { .. } | Error::Parse { .. } => true,
             _ => false,
         }
+    }
+
+    /// vCenter refused the login ([`Fault::is_login_failure`]).
+    pub fn is_login_failure(&self) -> bool {
+        self.fault().is_some_and(Fault::is_login_failure)
     }
 
     /// Metric label such as "duplicate_name" or "transport".
@@ -290,8 +96,10 @@ impl Error {
         match self {
             Error::Fault(fault) => fault.label(),
             Error::Transport { .. } => "transport",
+            Error::ResponseTooLarge { .. } => "response_too_large",
             Error::Parse { .. } => "parse",
             Error::Snapshot { .. } => "snapshot",
+            Error::Placement(_) => "placement",
             Error::Tls(_) => "tls",
             Error::Config(_) => "config",
             Error::Closed => "closed",

@@ -25,6 +25,7 @@
 //!             folder,
 //!             resource_pool: pool,
 //!             datastore: None,
+//!             host: None,
 //!             snapshot,
 //!             instance_uuid: uuid.clone(),
 //!             extra_config: vec![("deskpool.pool".into(), "lab".into())],
@@ -40,8 +41,12 @@
 //! # }
 //! ```
 
+mod base;
 mod client;
 mod error;
+mod fault;
+mod options;
+mod session;
 mod soap;
 mod tls;
 mod types;
@@ -52,11 +57,15 @@ mod xml;
 #[cfg(test)]
 mod capture_tests;
 
-pub use client::{Client, ClientOptions};
-pub use error::{Error, Fault, FaultKind};
+pub use base::{MoRef, PowerState};
+pub use client::Client;
+pub use error::Error;
+pub use fault::{Fault, FaultKind};
+pub use options::ClientOptions;
 pub use tls::TlsOptions;
 pub use types::{
-    About, CustomizationSpecXml, LinkedCloneSpec, MoRef, PowerState, TaskInfo, TaskState, VmInfo,
+    About, CustomizationSpecXml, LinkedCloneSpec, MissingProperty, Placement, PlacementRule,
+    TaskInfo, TaskState, VmInfo,
 };
 pub use vm_watch::{VmChange, VmEvent, VmExpect, VmWatch};
 

@@ -4,8 +4,10 @@
 
 use std::borrow::Cow;
 
-use crate::error::{Error, Fault, FaultKind};
-use crate::types::{About, CustomizationSpecXml, MoRef, PowerState, TaskInfo, TaskState, VmInfo};
+use crate::base::{MoRef, PowerState};
+use crate::error::Error;
+use crate::fault::{Fault, FaultKind};
+use crate::types::{About, CustomizationSpecXml, MissingProperty, TaskInfo, TaskState, VmInfo};
 use crate::xml::{self, Node, Writer};
 
 const ENVELOPE_HEAD: &str = concat!(
@@ -157,6 +159,8 @@ pub(crate) fn parse_moref(method: &'static str, resp: &Node) -> Result<MoRef, Er
 pub(crate) struct ObjectContent<'a> {
     pub obj: MoRef,
     pub props: Vec<(Cow<'a, str>, Node<'a>)>,
+    /// `missingSet`: properties the server could not read, with its fault for each.
+    pub missing: Vec<(Cow<'a, str>, Fault)>,
 }
 
 impl<'a> ObjectContent<'a> {
@@ -192,9 +196,11 @@ fn parse_object_content<'a>(
 ) -> Result<ObjectContent<'a>, Error> {
     let mut obj = None;
     let mut props = Vec::new();
+    let mut missing = Vec::new();
     for c in node.children {
         match c.name.as_ref() {
             "obj" => obj = c.as_moref(),
+            "missingSet" => missing.push(parse_missing(c)),
             "propSet" => {
                 let mut name = None;
                 let mut val = None;
@@ -213,13 +219,40 @@ fn parse_object_content<'a>(
         }
     }
     let obj = obj.ok_or_else(|| Error::parse(method, "ObjectContent without obj"))?;
-    Ok(ObjectContent { obj, props })
+    Ok(ObjectContent {
+        obj,
+        props,
+        missing,
+    })
+}
+
+/// `MissingProperty`: the path and its `LocalizedMethodFault`.
+fn parse_missing(node: Node<'_>) -> (Cow<'_, str>, Fault) {
+    let fault = node.child("fault").map_or_else(
+        || {
+            Fault::new(
+                FaultKind::Other {
+                    fault_type: "MethodFault".into(),
+                },
+                "",
+            )
+        },
+        parse_localized_fault,
+    );
+    let path = node
+        .children
+        .into_iter()
+        .find(|c| c.name == "path")
+        .map(|c| c.text)
+        .unwrap_or_default();
+    (path, fault)
 }
 
 /// Properties requested for [`VmInfo`].
 pub(crate) const VM_PROPS: &[&str] = &[
     "name",
     "runtime.powerState",
+    "runtime.connectionState",
     "config.instanceUuid",
     "config.extraConfig",
 ];
@@ -257,13 +290,33 @@ pub(crate) fn vm_info_from(oc: &ObjectContent) -> VmInfo {
                 .collect()
         })
         .unwrap_or_default();
+    let missing: Vec<MissingProperty> = oc
+        .missing
+        .iter()
+        .map(|(path, fault)| MissingProperty {
+            path: path.to_string(),
+            fault: fault.clone(),
+        })
+        .collect();
+    let inaccessible = oc
+        .prop("runtime.connectionState")
+        .is_some_and(|v| connection_unreadable(&v.text))
+        || missing.iter().any(|m| m.path.starts_with("config"));
     VmInfo {
         moref: oc.obj.clone(),
         name,
         power_state,
         instance_uuid,
         extra_config,
+        inaccessible,
+        missing,
     }
+}
+
+/// `runtime.connectionState` values for which vCenter cannot read the VM's files
+/// (`orphaned`, the host is gone, and `disconnected` still leave the configuration known).
+pub(crate) fn connection_unreadable(state: &str) -> bool {
+    matches!(state, "inaccessible" | "invalid")
 }
 
 /// A `TaskInfo` element (Fetch/RetrieveProperties of `info`, or a full `info` update).
@@ -292,30 +345,46 @@ pub(crate) struct ObjectUpdate<'a> {
     pub kind: Cow<'a, str>,
     /// Property changes: name and value (None for an unset/removed value).
     pub changes: Vec<(Cow<'a, str>, Option<Node<'a>>)>,
+    /// `missingSet`: properties the server could not read, with its fault for each.
+    pub missing: Vec<(Cow<'a, str>, Fault)>,
 }
 
-/// WaitForUpdatesEx response: the new version (None when the wait timed out) and updates.
-#[allow(clippy::type_complexity)]
-pub(crate) fn parse_update_set(
-    resp: Node<'_>,
-) -> Result<(Option<String>, Vec<ObjectUpdate<'_>>), Error> {
+/// A `WaitForUpdatesEx` answer.
+#[derive(Debug, Default)]
+pub(crate) struct UpdateSet<'a> {
+    /// The version to ask from next; None when the wait timed out without news.
+    pub version: Option<String>,
+    /// Object changes, in order.
+    pub updates: Vec<ObjectUpdate<'a>>,
+    /// More changes are pending (`truncated`): ask again at once, and conclude nothing from
+    /// what this answer does not mention.
+    pub truncated: bool,
+}
+
+/// WaitForUpdatesEx response: the new version (None when the wait timed out), the updates,
+/// and whether more are pending.
+pub(crate) fn parse_update_set(resp: Node<'_>) -> Result<UpdateSet<'_>, Error> {
     const M: &str = "WaitForUpdatesEx";
     let Some(rv) = resp.children.into_iter().find(|c| c.name == "returnval") else {
-        return Ok((None, Vec::new()));
+        return Ok(UpdateSet::default());
     };
     let mut version = None;
     let mut updates = Vec::new();
+    let mut truncated = false;
     for c in rv.children {
         match c.name.as_ref() {
             "version" => version = Some(c.text.into_owned()),
+            "truncated" => truncated = c.text.trim() == "true",
             "filterSet" => {
                 for os in c.children.into_iter().filter(|o| o.name == "objectSet") {
                     let mut obj = None;
                     let mut kind = Cow::Borrowed("");
                     let mut changes = Vec::new();
+                    let mut missing = Vec::new();
                     for part in os.children {
                         match part.name.as_ref() {
                             "obj" => obj = part.as_moref(),
+                            "missingSet" => missing.push(parse_missing(part)),
                             "kind" => kind = part.text,
                             "changeSet" => {
                                 let mut name = Cow::Borrowed("");
@@ -338,7 +407,12 @@ pub(crate) fn parse_update_set(
                         }
                     }
                     let obj = obj.ok_or_else(|| Error::parse(M, "objectSet without obj"))?;
-                    updates.push(ObjectUpdate { obj, kind, changes });
+                    updates.push(ObjectUpdate {
+                        obj,
+                        kind,
+                        changes,
+                        missing,
+                    });
                 }
             }
             _ => {}
@@ -347,7 +421,11 @@ pub(crate) fn parse_update_set(
     if version.is_none() {
         return Err(Error::parse(M, "UpdateSet without version"));
     }
-    Ok((version, updates))
+    Ok(UpdateSet {
+        version,
+        updates,
+        truncated,
+    })
 }
 
 /// A node of `snapshot.rootSnapshotList`, flattened to full name paths.
@@ -473,7 +551,7 @@ pub(crate) mod req {
 
     /// CloneVM_Task body. Element order follows the WSDL (govmomi's types.go):
     /// CloneSpec{location, template, config, customization, powerOn, snapshot},
-    /// RelocateSpec{folder, datastore, diskMoveType, pool, ...},
+    /// RelocateSpec{folder, datastore, diskMoveType, pool, host, ...},
     /// ConfigSpec{..., instanceUuid, ..., extraConfig, ...}.
     pub fn clone_vm(golden: &MoRef, spec: &LinkedCloneSpec) -> String {
         let mut w = Writer::new();
@@ -486,8 +564,11 @@ pub(crate) mod req {
             w.moref("datastore", ds);
         }
         w.text("diskMoveType", "createNewChildDiskBacking")
-            .moref("pool", &spec.resource_pool)
-            .close("location")
+            .moref("pool", &spec.resource_pool);
+        if let Some(host) = &spec.host {
+            w.moref("host", host);
+        }
+        w.close("location")
             .boolean("template", false)
             .open("config")
             .text("instanceUuid", &spec.instance_uuid);

@@ -1,35 +1,9 @@
 //! Plain data types exchanged with callers.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-use crate::error::Fault;
-
-/// A managed object reference: the vSphere type and the server-side id.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-pub struct MoRef {
-    /// Managed object type, e.g. `VirtualMachine`, `Task`.
-    pub kind: String,
-    /// Server-side id, e.g. `vm-42`.
-    pub value: String,
-}
-
-impl MoRef {
-    /// Build a reference from its type and id.
-    pub fn new(kind: impl Into<String>, value: impl Into<String>) -> Self {
-        Self {
-            kind: kind.into(),
-            value: value.into(),
-        }
-    }
-}
-
-impl fmt::Display for MoRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.value)
-    }
-}
+use crate::base::{MoRef, PowerState};
+use crate::fault::Fault;
 
 /// Product information from the ServiceContent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,28 +16,6 @@ pub struct About {
     pub instance_uuid: String,
     /// "VirtualCenter" or "HostAgent".
     pub api_type: String,
-}
-
-/// Power state of a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum PowerState {
-    /// `poweredOn`.
-    PoweredOn,
-    /// `poweredOff`.
-    PoweredOff,
-    /// `suspended`.
-    Suspended,
-}
-
-impl PowerState {
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s {
-            "poweredOn" => Some(Self::PoweredOn),
-            "poweredOff" => Some(Self::PoweredOff),
-            "suspended" => Some(Self::Suspended),
-            _ => None,
-        }
-    }
 }
 
 /// What deskpool reads about a VM.
@@ -79,6 +31,22 @@ pub struct VmInfo {
     pub instance_uuid: Option<String>,
     /// `config.extraConfig` entries whose key starts with `deskpool.`.
     pub extra_config: Vec<(String, String)>,
+    /// vCenter cannot read the VM's configuration (its datastore is unreachable:
+    /// `runtime.connectionState` is `inaccessible` or `invalid`, or `config.*` came back in a
+    /// `missingSet`). Its name, instance UUID and markers are then unknown, not absent: such
+    /// a VM still exists and must not be taken for gone or for someone else's.
+    pub inaccessible: bool,
+    /// Properties vCenter could not read, with the fault it gave for each.
+    pub missing: Vec<MissingProperty>,
+}
+
+/// A property vCenter answered with a fault instead of a value (`ObjectContent.missingSet`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingProperty {
+    /// The property path, e.g. `config.instanceUuid`.
+    pub path: String,
+    /// Why it could not be read.
+    pub fault: Fault,
 }
 
 /// Task lifecycle state.
@@ -156,6 +124,9 @@ pub struct LinkedCloneSpec {
     pub resource_pool: MoRef,
     /// Destination datastore; None keeps the golden VM's.
     pub datastore: Option<MoRef>,
+    /// Host to run the clone on (`RelocateSpec.host`): needed when the resource pool belongs
+    /// to a cluster without DRS (see [`crate::Client::placement`]); None lets DRS choose.
+    pub host: Option<MoRef>,
     /// The golden VM's snapshot the delta disks are created from.
     pub snapshot: MoRef,
     /// Instance UUID for the clone (generated before the call to find it again after a crash).
@@ -166,4 +137,55 @@ pub struct LinkedCloneSpec {
     pub customization: Option<CustomizationSpecXml>,
     /// Sent as `powerOn`; deskpool passes false and powers on separately.
     pub power_on: bool,
+}
+
+/// Which placement rule applies to a resource pool, and the host it gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// `RelocateSpec.host` for clones into this resource pool (None: DRS chooses).
+    pub host: Option<MoRef>,
+    /// Why.
+    pub rule: PlacementRule,
+}
+
+/// How the host of a clone is chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlacementRule {
+    /// The resource pool belongs to a cluster with DRS on: DRS places each clone.
+    Drs {
+        /// The cluster's name.
+        cluster: String,
+    },
+    /// The resource pool is a standalone host's: clones run there.
+    StandaloneHost {
+        /// The host's name.
+        host: String,
+    },
+    /// The cluster has DRS off, so vCenter needs a host: the connected one, not in
+    /// maintenance mode, mounting the clone's datastores, with the lowest memory use.
+    LeastLoadedHost {
+        /// The cluster's name.
+        cluster: String,
+        /// The chosen host's name.
+        host: String,
+        /// Its `summary.quickStats.overallMemoryUsage`, MB.
+        memory_mb: i64,
+        /// Hosts that qualified, of `hosts`.
+        usable: usize,
+        /// Hosts in the cluster.
+        hosts: usize,
+    },
+}
+
+impl std::fmt::Display for PlacementRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Drs { cluster } => write!(f, "cluster '{cluster}' has DRS on: DRS places the clones"),
+            Self::StandaloneHost { host } => write!(f, "standalone host '{host}': clones run there"),
+            Self::LeastLoadedHost { cluster, host, memory_mb, usable, hosts } => write!(
+                f,
+                "cluster '{cluster}' has DRS off: clones go to host '{host}' ({memory_mb} MB memory in use; least loaded of {usable} usable hosts out of {hosts})"
+            ),
+        }
+    }
 }

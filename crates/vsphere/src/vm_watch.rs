@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::client::{Client, Inner};
+use crate::base::{MoRef, PowerState};
 use crate::error::Error;
-use crate::soap::{self, req};
-use crate::types::{MoRef, PowerState};
+use crate::session::{ServerObjects, Session};
+use crate::soap::{self, req, ObjectUpdate};
 use crate::xml::Writer;
 
 /// What happened to a VM.
@@ -23,6 +23,10 @@ pub enum VmChange {
     Power(PowerState),
     /// It left the inventory (destroyed, or unregistered).
     Gone,
+    /// vCenter cannot read it (datastore outage: `runtime.connectionState` inaccessible or
+    /// invalid, or its properties answered with a `missingSet`). It still exists; a later
+    /// change reports it readable again (`Present` or `Power`).
+    Inaccessible,
 }
 
 /// One VM's change.
@@ -34,20 +38,14 @@ pub struct VmEvent {
     pub change: VmChange,
 }
 
-impl Client {
-    /// Streams changes to the VMs of the whole inventory, in batches, until the [`VmWatch`]
-    /// is dropped. The first batch after a start or a re-login lists every VM as
-    /// [`VmChange::Present`]. While nothing changes this costs one long poll per
-    /// `maxWaitSeconds` (two thirds of the call timeout); while VMs change, at most one call
-    /// a second.
-    pub fn watch_vms(&self) -> VmWatch {
-        let (tx, rx) = mpsc::channel(16);
-        let (expect_tx, expect_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(Arc::clone(&self.inner), tx, expect_rx));
-        VmWatch {
-            rx,
-            expect: VmExpect(expect_tx),
-        }
+/// Starts the watch task (see [`crate::Client::watch_vms`]).
+pub(crate) fn start(session: Arc<Session>) -> VmWatch {
+    let (tx, rx) = mpsc::channel(16);
+    let (expect_tx, expect_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(session, tx, expect_rx));
+    VmWatch {
+        rx,
+        expect: VmExpect(expect_tx),
     }
 }
 
@@ -91,50 +89,55 @@ impl VmExpect {
 /// destroyed or powered off by hand), where a second does not matter.
 const COALESCE: Duration = Duration::from_secs(1);
 
+/// VM properties the watch follows.
+const WATCHED: &[&str] = &["runtime.powerState", "runtime.connectionState"];
+
 struct Watch {
+    /// Destroys the collector and the view whichever way the watch ends.
+    objects: ServerObjects,
     pc: MoRef,
-    view: MoRef,
     version: String,
-    generation: u64,
 }
 
-async fn setup(inner: &Inner) -> Result<Watch, Error> {
-    let generation = inner.session_generation();
-    let content = &inner.content;
-    const CPC: &str = "CreatePropertyCollector";
-    let mut w = Writer::new();
-    w.moref("_this", &content.property_collector);
-    let pc = soap::parse_moref(CPC, &inner.call(CPC, w.finish()).await?.body()?)?;
+async fn setup(session: &Arc<Session>) -> Result<Watch, Error> {
+    let content = &session.content;
+    let mut objects = ServerObjects::new(session);
+    let pc = objects.create_collector().await?;
 
-    const CCV: &str = "CreateContainerView";
     let mut w = Writer::new();
     w.moref("_this", &content.view_manager)
         .moref("container", &content.root_folder)
         .text("type", "VirtualMachine")
         .boolean("recursive", true);
-    let view = soap::parse_moref(CCV, &inner.call(CCV, w.finish()).await?.body()?)?;
+    let view = objects
+        .create_view("CreateContainerView", w.finish())
+        .await?;
 
     const CF: &str = "CreateFilter";
     let mut w = Writer::new();
     w.moref("_this", &pc).open("spec");
-    req::filter_spec_view(&mut w, "VirtualMachine", &["runtime.powerState"], &view);
+    req::filter_spec_view(&mut w, "VirtualMachine", WATCHED, &view);
     w.close("spec").boolean("partialUpdates", false);
-    inner.call(CF, w.finish()).await?;
+    session.call(CF, w.finish()).await?;
     Ok(Watch {
+        objects,
         pc,
-        view,
         version: String::new(),
-        generation,
     })
 }
 
 /// `soon`: answer within a second even if nothing changes (announced VMs wait for a verdict).
-async fn poll(inner: &Inner, watch: &mut Watch, soon: bool) -> Result<Vec<VmEvent>, Error> {
+/// Returns the events and whether the answer was truncated (more changes are pending).
+async fn poll(
+    session: &Session,
+    watch: &mut Watch,
+    soon: bool,
+) -> Result<(Vec<VmEvent>, bool), Error> {
     const M: &str = "WaitForUpdatesEx";
     let max_wait = if soon {
         1
     } else {
-        (inner.call_timeout.as_secs() * 2 / 3).clamp(1, 60)
+        (session.call_timeout.as_secs() * 2 / 3).clamp(1, 60)
     };
     let mut w = Writer::new();
     w.moref("_this", &watch.pc);
@@ -144,35 +147,47 @@ async fn poll(inner: &Inner, watch: &mut Watch, soon: bool) -> Result<Vec<VmEven
     w.open("options")
         .text("maxWaitSeconds", &max_wait.to_string())
         .close("options");
-    let resp = inner.call(M, w.finish()).await?;
-    let (version, updates) = soap::parse_update_set(resp.body()?)?;
-    if let Some(v) = version {
+    let resp = session.call(M, w.finish()).await?;
+    let set = soap::parse_update_set(resp.body()?)?;
+    if let Some(v) = set.version {
         watch.version = v;
     }
-    Ok(updates
-        .into_iter()
-        .map(|u| {
-            let power = u
-                .changes
-                .iter()
-                .find(|(name, _)| name == "runtime.powerState")
-                .and_then(|(_, v)| v.as_ref())
-                .and_then(|v| PowerState::parse(&v.text));
-            let change = match u.kind.as_ref() {
-                "leave" => VmChange::Gone,
-                "enter" => VmChange::Present(power),
-                _ => match power {
-                    Some(p) => VmChange::Power(p),
-                    None => VmChange::Present(None),
-                },
-            };
-            VmEvent { vm: u.obj, change }
+    let events = set
+        .updates
+        .iter()
+        .map(|u| VmEvent {
+            vm: u.obj.clone(),
+            change: change_of(u),
         })
-        .collect())
+        .collect();
+    Ok((events, set.truncated))
+}
+
+/// What one object update means for the VM.
+fn change_of(u: &ObjectUpdate<'_>) -> VmChange {
+    let value = |prop: &str| {
+        u.changes
+            .iter()
+            .find(|(name, _)| name == prop)
+            .and_then(|(_, v)| v.as_ref())
+    };
+    let power = value("runtime.powerState").and_then(|v| PowerState::parse(&v.text));
+    let unreadable = !u.missing.is_empty()
+        || value("runtime.connectionState").is_some_and(|v| soap::connection_unreadable(&v.text));
+    match u.kind.as_ref() {
+        "leave" => VmChange::Gone,
+        _ if unreadable => VmChange::Inaccessible,
+        "enter" => VmChange::Present(power),
+        _ => match power {
+            Some(p) => VmChange::Power(p),
+            // E.g. readable again (connectionState back to connected).
+            None => VmChange::Present(None),
+        },
+    }
 }
 
 async fn run(
-    inner: Arc<Inner>,
+    session: Arc<Session>,
     tx: mpsc::Sender<Vec<VmEvent>>,
     mut expect_rx: mpsc::UnboundedReceiver<MoRef>,
 ) {
@@ -189,14 +204,14 @@ async fn run(
         let step = async {
             if watch
                 .as_ref()
-                .is_none_or(|w| w.generation != inner.session_generation())
+                .is_none_or(|w| w.objects.generation() != session.session_generation())
             {
-                watch = Some(setup(&inner).await?);
+                watch = Some(setup(&session).await?);
                 known.clear();
             }
             match watch.as_mut() {
-                Some(w) => poll(&inner, w, !to_check.is_empty()).await,
-                None => Ok(Vec::new()),
+                Some(w) => poll(&session, w, !to_check.is_empty()).await,
+                None => Ok((Vec::new(), false)),
             }
         };
         let result = tokio::select! {
@@ -204,7 +219,7 @@ async fn run(
             r = step => r,
         };
         match result {
-            Ok(mut events) => {
+            Ok((mut events, truncated)) => {
                 delay = Duration::from_millis(500);
                 for e in &events {
                     match e.change {
@@ -212,13 +227,17 @@ async fn run(
                         _ => known.insert(e.vm.clone()),
                     };
                 }
-                for vm in to_check.drain(..) {
-                    let reported = events.iter().any(|e| e.vm == vm);
-                    if !known.contains(&vm) && !reported {
-                        events.push(VmEvent {
-                            vm,
-                            change: VmChange::Gone,
-                        });
+                // A truncated answer (more pending) may not mention VMs that exist: the
+                // verdict on announced VMs waits for a complete one.
+                if !truncated {
+                    for vm in to_check.drain(..) {
+                        let reported = events.iter().any(|e| e.vm == vm);
+                        if !known.contains(&vm) && !reported {
+                            events.push(VmEvent {
+                                vm,
+                                change: VmChange::Gone,
+                            });
+                        }
                     }
                 }
                 if events.is_empty() {
@@ -226,6 +245,9 @@ async fn run(
                 }
                 if tx.send(events).await.is_err() {
                     return;
+                }
+                if truncated {
+                    continue; // the rest is waiting on the server: ask at once
                 }
                 // Changes made meanwhile wait on the server and come in the next answer.
                 tokio::select! {
@@ -236,16 +258,74 @@ async fn run(
             Err(Error::Closed) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "VM watch failed; starting it again");
-                // Rebuild from scratch: the collector may belong to an expired session.
-                if let Some(old) = watch.take() {
-                    inner.discard_watch(old.generation, old.pc, old.view);
-                }
+                // Rebuild from scratch (dropping the old objects): the collector may belong
+                // to an expired session.
+                watch = None;
                 tokio::select! {
                     _ = tx.closed() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(xml: &str) -> VmChange {
+        let doc = format!(
+            r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><WaitForUpdatesExResponse xmlns="urn:vim25"><returnval><version>1</version><filterSet><objectSet><obj type="VirtualMachine">vm-1</obj>{xml}</objectSet></filterSet></returnval></WaitForUpdatesExResponse></soapenv:Body></soapenv:Envelope>"#
+        );
+        let set = soap::parse_update_set(soap::decode("W", doc.as_bytes()).unwrap()).unwrap();
+        change_of(&set.updates[0])
+    }
+
+    #[test]
+    fn unreadable_vms_are_inaccessible_not_gone_or_present() {
+        let power = r#"<changeSet><name>runtime.powerState</name><op>assign</op><val>poweredOn</val></changeSet>"#;
+        let state = |s: &str| {
+            format!(
+                r#"<changeSet><name>runtime.connectionState</name><op>assign</op><val>{s}</val></changeSet>"#
+            )
+        };
+        let missing = r#"<missingSet><path>config.instanceUuid</path><fault><fault xsi:type="InaccessibleDatastore"/></fault></missingSet>"#;
+        let on = VmChange::Power(PowerState::PoweredOn);
+        for (xml, want) in [
+            (
+                format!("<kind>enter</kind>{power}"),
+                VmChange::Present(Some(PowerState::PoweredOn)),
+            ),
+            (format!("<kind>modify</kind>{power}"), on.clone()),
+            ("<kind>leave</kind>".to_owned(), VmChange::Gone),
+            (
+                format!("<kind>enter</kind>{power}{missing}"),
+                VmChange::Inaccessible,
+            ),
+            (
+                format!("<kind>modify</kind>{}", state("inaccessible")),
+                VmChange::Inaccessible,
+            ),
+            (
+                format!("<kind>modify</kind>{}", state("invalid")),
+                VmChange::Inaccessible,
+            ),
+            (
+                format!("<kind>modify</kind>{}{power}", state("connected")),
+                on,
+            ),
+            (
+                format!("<kind>modify</kind>{}", state("connected")),
+                VmChange::Present(None),
+            ),
+            (
+                format!("<kind>modify</kind>{}", state("orphaned")),
+                VmChange::Present(None),
+            ),
+        ] {
+            assert_eq!(update(&xml), want, "{xml}");
         }
     }
 }

@@ -20,10 +20,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::Inner;
-use crate::error::{Error, Fault, FaultKind};
+use crate::base::MoRef;
+use crate::error::Error;
+use crate::fault::{Fault, FaultKind};
+use crate::session::{ServerObjects, Session};
 use crate::soap::{self, req, ObjectUpdate};
-use crate::types::{MoRef, TaskInfo, TaskState};
+use crate::types::{TaskInfo, TaskState};
 use crate::xml::{Node, Writer};
 
 /// Registrations arriving within this window share one `ModifyListView`.
@@ -60,7 +62,8 @@ struct Known {
 
 /// Server-side objects of the current session.
 struct ServerSide {
-    generation: u64,
+    /// Destroys the collector and the view whichever way the watcher drops them.
+    objects: ServerObjects,
     pc: MoRef,
     view: MoRef,
     version: String,
@@ -68,7 +71,7 @@ struct ServerSide {
 }
 
 struct Watcher {
-    inner: Arc<Inner>,
+    session: Arc<Session>,
     waiters: HashMap<MoRef, Vec<Reply>>,
     /// When each waited-for task was last heard of (registered, reported, or read directly).
     heard: HashMap<MoRef, tokio::time::Instant>,
@@ -77,10 +80,10 @@ struct Watcher {
     failures: u32,
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-    let mut reconnects = inner_reconnects(&inner);
+pub(crate) async fn run(session: Arc<Session>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    let mut reconnects = inner_reconnects(&session);
     let mut w = Watcher {
-        inner,
+        session,
         waiters: HashMap::new(),
         heard: HashMap::new(),
         known: HashMap::new(),
@@ -107,8 +110,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Cmd>)
     }
 }
 
-fn inner_reconnects(inner: &Inner) -> tokio::sync::watch::Receiver<u64> {
-    inner.reconnects()
+fn inner_reconnects(session: &Session) -> tokio::sync::watch::Receiver<u64> {
+    session.reconnects()
 }
 
 impl Watcher {
@@ -134,7 +137,7 @@ impl Watcher {
     /// per stretch of silence.
     async fn read_silent(&mut self) {
         let now = tokio::time::Instant::now();
-        let silence = self.inner.task_silence;
+        let silence = self.session.task_silence;
         let silent: Vec<MoRef> = self
             .heard
             .iter()
@@ -143,7 +146,7 @@ impl Watcher {
             .collect();
         for task in silent {
             self.heard.insert(task.clone(), now);
-            match self.inner.task_info(&task).await {
+            match self.session.task_info(&task).await {
                 Ok(info) if info.state.is_finished() => {
                     tracing::warn!(%task, state = ?info.state, "task finished without the property collector reporting it; read it directly");
                     self.known.insert(
@@ -177,7 +180,7 @@ impl Watcher {
 
     /// When the longest-silent waited-for task reaches `task_silence`.
     fn next_silence_check(&self) -> tokio::time::Instant {
-        let silence = self.inner.task_silence;
+        let silence = self.session.task_silence;
         self.heard
             .values()
             .min()
@@ -203,13 +206,13 @@ impl Watcher {
         rx: &mut mpsc::UnboundedReceiver<Cmd>,
         reconnects: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Result<(), Error> {
-        let generation = self.inner.session_generation();
+        let generation = self.session.session_generation();
         if self
             .server
             .as_ref()
-            .is_none_or(|s| s.generation != generation)
+            .is_none_or(|s| s.objects.generation() != generation)
         {
-            self.setup(generation).await?;
+            self.setup().await?;
         }
         self.sync_view().await?;
         if self.waiters.is_empty() {
@@ -218,9 +221,9 @@ impl Watcher {
         let server = self.server.as_ref().ok_or(Error::Closed)?;
         let pc = server.pc.clone();
         let version = server.version.clone();
-        let inner = Arc::clone(&self.inner);
+        let session = Arc::clone(&self.session);
         // maxWaitSeconds stays well below the HTTP timeout of the call.
-        let max_wait = (inner.call_timeout.as_secs() * 2 / 3).clamp(1, 60);
+        let max_wait = (session.call_timeout.as_secs() * 2 / 3).clamp(1, 60);
         let wait = async move {
             let mut w = Writer::new();
             w.moref("_this", &pc);
@@ -230,19 +233,21 @@ impl Watcher {
             w.open("options")
                 .text("maxWaitSeconds", &max_wait.to_string())
                 .close("options");
-            inner.call("WaitForUpdatesEx", w.finish()).await
+            session.call("WaitForUpdatesEx", w.finish()).await
         };
         tokio::pin!(wait);
         loop {
             tokio::select! {
                 res = &mut wait => {
                     let resp = res?;
-                    let (version, updates) = soap::parse_update_set(resp.body()?)?;
+                    // A truncated answer needs no special care here: the next round asks
+                    // again at once, and nothing is concluded from what an answer omits.
+                    let set = soap::parse_update_set(resp.body()?)?;
                     self.failures = 0;
-                    if let (Some(v), Some(s)) = (version, self.server.as_mut()) {
+                    if let (Some(v), Some(s)) = (set.version, self.server.as_mut()) {
                         s.version = v;
                     }
-                    self.apply(updates);
+                    self.apply(set.updates);
                     return Ok(());
                 }
                 cmd = rx.recv() => {
@@ -273,29 +278,25 @@ impl Watcher {
         }
     }
 
-    async fn setup(&mut self, generation: u64) -> Result<(), Error> {
+    async fn setup(&mut self) -> Result<(), Error> {
         self.server = None;
         self.known.clear();
-        let content = &self.inner.content;
-        const CPC: &str = "CreatePropertyCollector";
-        let mut w = Writer::new();
-        w.moref("_this", &content.property_collector);
-        let pc = soap::parse_moref(CPC, &self.inner.call(CPC, w.finish()).await?.body()?)?;
-
-        const CLV: &str = "CreateListView";
-        let mut w = Writer::new();
-        w.moref("_this", &content.view_manager);
-        let view = soap::parse_moref(CLV, &self.inner.call(CLV, w.finish()).await?.body()?)?;
+        let content = &self.session.content;
+        // A half-done setup drops `objects`, which destroys what was made.
+        let mut objects = ServerObjects::new(&self.session);
+        let pc = objects.create_collector().await?;
+        let body = Session::this_body(&content.view_manager);
+        let view = objects.create_view("CreateListView", body).await?;
 
         const CF: &str = "CreateFilter";
         let mut w = Writer::new();
         w.moref("_this", &pc).open("spec");
         req::filter_spec_view(&mut w, "Task", TASK_PROPS, &view);
         w.close("spec").boolean("partialUpdates", false);
-        self.inner.call(CF, w.finish()).await?;
+        self.session.call(CF, w.finish()).await?;
         tracing::debug!(collector = %pc, view = %view, "task watcher ready");
         self.server = Some(ServerSide {
-            generation,
+            objects,
             pc,
             view,
             version: String::new(),
@@ -335,7 +336,7 @@ impl Watcher {
             for t in &stale {
                 w.moref("remove", t);
             }
-            match self.inner.call(M, w.finish()).await {
+            match self.session.call(M, w.finish()).await {
                 Ok(resp) => {
                     let body = resp.body()?;
                     for t in &stale {
@@ -439,11 +440,9 @@ impl Watcher {
         let relogged = self
             .server
             .as_ref()
-            .is_some_and(|s| s.generation != self.inner.session_generation());
-        // Whatever failed, the server-side objects are suspect: rebuild them.
-        if let Some(old) = self.server.take() {
-            self.inner.discard_watch(old.generation, old.pc, old.view);
-        }
+            .is_some_and(|s| s.objects.generation() != self.session.session_generation());
+        // Whatever failed, the server-side objects are suspect: drop (destroy) and rebuild them.
+        self.server = None;
         if relogged {
             tracing::debug!("task watcher rebuilding its filter after a re-login");
             return;
@@ -453,7 +452,7 @@ impl Watcher {
         if self.failures >= MAX_FAILURES {
             let detail = e.to_string();
             let transient = e.is_transient();
-            let url = self.inner.url_display.clone();
+            let url = self.session.url_display.clone();
             self.fail_all(|| {
                 if transient {
                     Error::Transport {

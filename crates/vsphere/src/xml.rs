@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
-use crate::types::MoRef;
+use crate::base::MoRef;
 
 const XSI_NS: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
 /// Deeper documents are refused: vim25 responses never nest this deep, and a bound keeps

@@ -57,6 +57,7 @@ fn spec(p: &Placement, name: &str) -> LinkedCloneSpec {
         folder: p.folder.clone(),
         resource_pool: p.pool.clone(),
         datastore: None,
+        host: None,
         snapshot: p.snapshot.clone(),
         instance_uuid: uuid::Uuid::new_v4().to_string(),
         extra_config: vec![
@@ -137,8 +138,58 @@ async fn wrong_password_is_invalid_login() {
     o.password = SecretString::from("wrong".to_string());
     let err = Client::connect(o).await.unwrap_err();
     assert_eq!(err.fault_kind(), Some(&FaultKind::InvalidLogin), "{err}");
-    assert!(!err.is_transient());
+    // The vCenter connection's problem (retried with backoff), not a request's.
+    assert!(err.is_login_failure());
+    assert!(err.is_transient());
     assert!(!format!("{err:?}").contains("wrong"));
+}
+
+/// A password rotated on vCenter while deskpool runs: the session expires, every caller
+/// needs a new login and each one fails. The callers share one login attempt at a time with
+/// backoff, so the account sees a handful of failed logins a minute, not one per call (which
+/// can lock it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_password_costs_at_most_6_logins_a_minute() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    sim.set_password("rotated-elsewhere").await;
+    sim.expire_sessions().await;
+    sim.reset_stats().await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let vc = vc.clone();
+            let path = sim.golden_path.clone();
+            tokio::spawn(async move {
+                let mut invalid_logins = 0u32;
+                while tokio::time::Instant::now() < until {
+                    match vc.find_by_inventory_path(&path).await {
+                        Err(e) if e.fault_kind() == Some(&FaultKind::InvalidLogin) => {
+                            invalid_logins += 1
+                        }
+                        other => panic!("expected InvalidLogin, got {other:?}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                invalid_logins
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for c in callers {
+        answered += c.await.unwrap();
+    }
+    let logins = sim.stats().await.calls("Login");
+    assert!(answered > 100, "callers got {answered} answers");
+    assert!(
+        (1..=6).contains(&logins),
+        "{logins} Login calls in a minute for {answered} failed calls"
+    );
+    assert!(!vc.is_connected());
+    let why = vc
+        .login_failure()
+        .expect("the client says why it is not connected");
+    assert!(why.contains("InvalidLogin"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,10 +270,16 @@ async fn linked_clone_power_and_destroy() {
     assert_eq!(listed[0].moref, vm);
     assert_eq!(listed[0].power_state, PowerState::PoweredOn);
 
-    // Destroying a powered-on VM fails with InvalidPowerState (an InvalidState).
+    // Destroying a powered-on VM fails with InvalidPowerState, saying the VM is on.
     let err = vc.wait_task(&vc.destroy(&vm).await.unwrap()).await;
     if let Err(e) = &err {
-        assert_eq!(e.fault_kind(), Some(&FaultKind::InvalidState), "{e}");
+        assert_eq!(
+            e.fault_kind(),
+            Some(&FaultKind::InvalidPowerState {
+                existing: Some(PowerState::PoweredOn)
+            }),
+            "{e}"
+        );
     }
     if vc.vm_info(&vm).await.unwrap().is_some() {
         vc.wait_task(&vc.power_off(&vm).await.unwrap())
@@ -770,4 +827,249 @@ async fn vm_watch_reports_an_announced_vm_removed_before_the_watch_saw_it() {
     rx.expecter().expect(vm.clone());
     vc.wait_task(&vc.destroy(&vm).await.unwrap()).await.unwrap();
     assert_eq!(next_changes(&mut rx, &vm).await, vec![VmChange::Gone]);
+}
+
+/// Waits until the simulator's session objects stop changing as expected (destroy calls run
+/// in the background), then returns them.
+async fn settled_session_objects(
+    sim: &Vcsim,
+    want: &std::collections::BTreeMap<String, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut now = sim.session_objects().await;
+    for _ in 0..100 {
+        if &now == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = sim.session_objects().await;
+    }
+    now
+}
+
+/// A leadership change aborts the task that owns the VM watch; its PropertyCollector and
+/// ContainerView must not stay behind on vCenter (which keeps them up to date for the whole
+/// session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_aborted_vm_watches_leave_no_collector_or_view_behind() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    // The first use of the session's default PropertyCollector gives the session its own
+    // copy of it (a simulator detail): count from after that.
+    let golden = vc.find_by_inventory_path(&sim.golden_path).await.unwrap();
+    vc.vm_info(&golden.unwrap()).await.unwrap();
+    let before = sim.session_objects().await;
+    for round in 0..10 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let vc2 = vc.clone();
+        let owner = tokio::spawn(async move {
+            let mut watch = vc2.watch_vms();
+            let first = watch.recv().await;
+            let _ = tx.send(first);
+            std::future::pending::<()>().await;
+        });
+        let first = rx.await.unwrap().expect("first batch");
+        assert!(
+            !first.is_empty(),
+            "round {round}: the first batch lists the VMs"
+        );
+        let during = sim.session_objects().await;
+        assert!(during.get("PropertyCollector") >= Some(&1), "{during:?}");
+        assert!(during.get("ContainerView") >= Some(&1), "{during:?}");
+        owner.abort();
+        let _ = owner.await;
+    }
+    let after = settled_session_objects(&sim, &before).await;
+    let calls = sim.stats().await.soap_calls;
+    assert_eq!(
+        after, before,
+        "objects left after 10 aborted watches; calls: {calls:?}"
+    );
+}
+
+/// A datastore outage as vCenter shows it: the VM stays in the inventory but its `config.*`
+/// cannot be read. It is reported inaccessible, with the faults, never as gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inaccessible_vm_is_reported_inaccessible_not_dropped() {
+    use deskpool_vsphere::VmChange;
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let s = spec(&p, "outage");
+    let vm = vc
+        .wait_task(&vc.clone_linked(&p.golden, &s).await.unwrap())
+        .await
+        .unwrap()
+        .expect("clone result");
+    let mut watch = vc.watch_vms();
+    sim.set_vm_inaccessible(&vm.value, true).await;
+    assert_eq!(
+        next_changes(&mut watch, &vm).await,
+        vec![VmChange::Inaccessible]
+    );
+
+    let listed = vc.list_all_vms().await.unwrap();
+    let info = listed
+        .iter()
+        .find(|v| v.moref == vm)
+        .expect("an inaccessible VM is still listed");
+    assert!(info.inaccessible, "{info:?}");
+    assert_eq!(info.instance_uuid, None);
+    assert!(
+        info.missing.iter().any(|m| m.path == "config.instanceUuid"),
+        "{info:?}"
+    );
+    assert_eq!(
+        vc.vm_info(&vm).await.unwrap().map(|v| v.inaccessible),
+        Some(true)
+    );
+
+    sim.set_vm_inaccessible(&vm.value, false).await;
+    let info = vc.vm_info(&vm).await.unwrap().unwrap();
+    assert!(!info.inaccessible && info.missing.is_empty(), "{info:?}");
+    assert_eq!(
+        info.instance_uuid.as_deref(),
+        Some(s.instance_uuid.as_str())
+    );
+}
+
+/// vSphere without DRS (Standard, Essentials) refuses a clone into a cluster unless it names
+/// a host: the placement picks the connected host outside maintenance mode with the lowest
+/// memory use, and the clone naming it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_drs_gets_the_least_loaded_usable_host() {
+    use deskpool_vsphere::PlacementRule;
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let with_drs = vc.placement(&p.pool, &p.golden, None).await.unwrap();
+    assert_eq!(with_drs.host, None);
+    assert_eq!(
+        with_drs.rule,
+        PlacementRule::Drs {
+            cluster: "DC0_C0".into()
+        }
+    );
+
+    sim.set_cluster_drs("DC0_C0", false).await;
+    // Without a host vCenter refuses the clone.
+    let err = vc
+        .wait_task(
+            &vc.clone_linked(&p.golden, &spec(&p, "no-host"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("InvalidArgument"), "{err}");
+
+    sim.set_host_state("DC0_C0_H0", serde_json::json!({ "memory_mb": 900 }))
+        .await;
+    sim.set_host_state(
+        "DC0_C0_H1",
+        serde_json::json!({ "memory_mb": 100, "maintenance": true }),
+    )
+    .await;
+    sim.set_host_state("DC0_C0_H2", serde_json::json!({ "memory_mb": 500 }))
+        .await;
+    let chosen = vc.placement(&p.pool, &p.golden, None).await.unwrap();
+    match &chosen.rule {
+        PlacementRule::LeastLoadedHost {
+            cluster,
+            host,
+            memory_mb,
+            usable,
+            hosts,
+        } => {
+            assert_eq!(
+                (cluster.as_str(), host.as_str(), *memory_mb, *usable, *hosts),
+                ("DC0_C0", "DC0_C0_H2", 500, 2, 3)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        chosen.rule.to_string().contains("DRS off"),
+        "{}",
+        chosen.rule
+    );
+    let mut s = spec(&p, "with-host");
+    s.host = chosen.host.clone();
+    let vm = vc
+        .wait_task(&vc.clone_linked(&p.golden, &s).await.unwrap())
+        .await
+        .unwrap();
+    assert!(vm.is_some());
+
+    // No usable host left: a clear error, not a clone doomed to fail.
+    for h in ["DC0_C0_H0", "DC0_C0_H2"] {
+        sim.set_host_state(h, serde_json::json!({ "connected": false }))
+            .await;
+    }
+    let err = vc.placement(&p.pool, &p.golden, None).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Placement(_)) && err.to_string().contains("DRS off"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_with_power_on_runs_the_vm_when_the_task_ends() {
+    const CLONE_DELAY: Duration = Duration::from_millis(100);
+    const POWER_DELAY: Duration = Duration::from_millis(150);
+    let sim = Vcsim::start(VcsimOptions {
+        folders: vec!["lab".into()],
+        clone_delay: CLONE_DELAY,
+        power_delay: POWER_DELAY,
+        ..Default::default()
+    })
+    .await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm/lab").await;
+
+    let on = LinkedCloneSpec {
+        power_on: true,
+        ..spec(&p, "on-1")
+    };
+    let vm = vc
+        .wait_task(&vc.clone_linked(&p.golden, &on).await.unwrap())
+        .await
+        .unwrap()
+        .expect("clone result");
+    assert_eq!(
+        vc.vm_info(&vm).await.unwrap().unwrap().power_state,
+        PowerState::PoweredOn,
+        "spec.powerOn: the VM runs once the clone task has ended"
+    );
+    let off = vc
+        .wait_task(
+            &vc.clone_linked(&p.golden, &spec(&p, "off-1"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("clone result");
+    assert_eq!(
+        vc.vm_info(&off).await.unwrap().unwrap().power_state,
+        PowerState::PoweredOff
+    );
+    assert_eq!(sim.stats().await.calls("PowerOnVM_Task"), 0);
+
+    let clones = sim.clones().await;
+    assert_eq!(
+        clones
+            .iter()
+            .map(|c| (c.name.as_str(), c.folder.as_str(), c.power_on, c.ok))
+            .collect::<Vec<_>>(),
+        [("on-1", "lab", true, true), ("off-1", "lab", false, true)]
+    );
+    // The power-on is part of the clone task, as on vCenter: it ends no sooner than both
+    // delays (a lower bound, whatever the machine's load).
+    let took = |c: &deskpool_testkit::vcsim::CloneRecord| {
+        Duration::from_micros((c.done_us - c.received_us) as u64)
+    };
+    assert!(took(&clones[0]) >= CLONE_DELAY + POWER_DELAY, "{clones:?}");
+    assert!(took(&clones[1]) >= CLONE_DELAY, "{clones:?}");
+    sim.reset_stats().await;
+    assert!(sim.clones().await.is_empty());
 }

@@ -7,7 +7,7 @@ use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::common::{add_desktop, call, ctx, events_of, spec};
+use crate::common::{add_desktop, add_token, audit_trail, call, ctx, events_of, spec};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,6 +109,17 @@ fn table() -> Vec<Case> {
             None,
         ),
         case(Method::GET, "/api/v1/events", Viewer, 200, None),
+        case(Method::GET, "/api/v1/whoami", Viewer, 200, None),
+        case(Method::GET, "/api/v1/tokens", Admin, 200, None),
+        case(
+            Method::POST,
+            "/api/v1/tokens",
+            Admin,
+            201,
+            Some(json!({"name": "{pool}-token", "role": "viewer"})),
+        ),
+        // `{name}` is the case's pool name: a token of that name is made for each call.
+        case(Method::DELETE, "/api/v1/tokens/{name}", Admin, 200, None),
     ]
 }
 
@@ -160,7 +171,10 @@ async fn every_endpoint_and_role(db: PgPool) {
                 .await;
             assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
             add_desktop(&ctx.db, &pool, &desktop, 1, DesktopState::Ready).await;
-            let events_before = events_of(&ctx.db, &pool).await.len();
+            add_token(&ctx.db, &pool).await;
+            // Token events belong to no pool: count them among all events.
+            let scope = (!c.route.starts_with("/api/v1/tokens")).then_some(pool.as_str());
+            let events_before = audit_trail(&ctx.db, scope).await.len();
 
             let path = c
                 .route
@@ -200,7 +214,7 @@ async fn every_endpoint_and_role(db: PgPool) {
             if expected == StatusCode::FORBIDDEN {
                 assert_eq!(res.error().0, "forbidden", "{what}");
             }
-            let events = events_of(&ctx.db, &pool).await;
+            let events = audit_trail(&ctx.db, scope).await;
             if c.method == Method::GET || expected != c.ok {
                 assert_eq!(events.len(), events_before, "no event for {what}");
             } else if c.route != "/api/v1/pools" {

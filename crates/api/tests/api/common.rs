@@ -227,11 +227,16 @@ pub async fn add_desktop(db: &PgPool, pool: &str, name: &str, index: u32, state:
 
 /// Events of a pool, newest first, as (actor, kind).
 pub async fn events_of(db: &PgPool, pool: &str) -> Vec<(String, String)> {
+    audit_trail(db, Some(pool)).await
+}
+
+/// Events of a pool, or every event when `pool` is `None`, newest first, as (actor, kind).
+pub async fn audit_trail(db: &PgPool, pool: Option<&str>) -> Vec<(String, String)> {
     let mut c = db.acquire().await.unwrap();
     deskpool_store::events::list(
         &mut c,
         &deskpool_store::events::Filter {
-            pool: Some(pool),
+            pool,
             limit: 1000,
             ..Default::default()
         },
@@ -241,4 +246,10 @@ pub async fn events_of(db: &PgPool, pool: &str) -> Vec<(String, String)> {
     .into_iter()
     .map(|e| (e.actor, e.kind))
     .collect()
+}
+
+/// Makes a viewer token named `name` directly in the store; returns its secret.
+pub async fn add_token(db: &PgPool, name: &str) -> String {
+    let mut c = db.acquire().await.unwrap();
+    tokens::create(&mut c, name, Role::Viewer).await.unwrap().1
 }

@@ -36,17 +36,35 @@ async fn a_request_stuck_behind_a_lock_times_out_with_503(db: PgPool) {
         .execute(&mut *blocker)
         .await
         .unwrap();
-    let stuck = call(&router, Method::GET, "/api/v1/pools")
-        .token(&ctx.viewer)
-        .send();
-    // The bound is 1: this one waits behind the stuck one and times out too.
-    let queued = call(&router, Method::GET, "/healthz").send();
-    let (stuck, queued) = tokio::join!(stuck, queued);
+    // The bound is 1: `/healthz`, which needs no database, can only run once the stuck request
+    // has given up its turn, so it finishes second (an order, not a time).
+    let order = std::sync::atomic::AtomicU32::new(0);
+    let finished = |res: common::Res| {
+        let n = order.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        (n, res)
+    };
+    let stuck = async {
+        finished(
+            call(&router, Method::GET, "/api/v1/pools")
+                .token(&ctx.viewer)
+                .send()
+                .await,
+        )
+    };
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        finished(call(&router, Method::GET, "/healthz").send().await)
+    };
+    let ((stuck_n, stuck), (queued_n, queued)) = tokio::join!(stuck, queued);
     assert_eq!(stuck.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(stuck.error().0, "request_timeout");
     let message = stuck.body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("within 0.3 s"), "{message}");
-    assert_eq!(queued.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(queued.status, StatusCode::OK, "{}", queued.text);
+    assert!(
+        stuck_n < queued_n,
+        "/healthz ran beside the stuck request: the concurrency bound of 1 did not hold"
+    );
     blocker.rollback().await.unwrap();
 
     // Once the lock is gone, requests are answered again.

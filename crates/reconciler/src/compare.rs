@@ -1,0 +1,180 @@
+//! What vCenter reported (the VM watch's changes, the periodic inventory sweep) compared with
+//! the pool's rows, inside a pass. The rows are the pass's one read; every write here also
+//! updates them, so the rest of the pass sees the rows as stored.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use deskpool_domain::{DesktopState, EventKind, MARKER_DESKTOP};
+use deskpool_store::desktops::{self, Desktop, Progress};
+use deskpool_store::pools::Pool;
+use deskpool_vsphere::{Client, PowerState, VmChange, VmEvent};
+use uuid::Uuid;
+
+use crate::context::Ctx;
+use crate::scheduler::Sweep;
+use crate::steps;
+use crate::vcenter::Vcenter;
+use crate::Error;
+
+/// Writes `progress` for `rows[i]` and puts the stored row in its place.
+async fn record(
+    ctx: &Ctx,
+    rows: &mut [Desktop],
+    i: usize,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let mut tx = ctx.begin().await?;
+    let stored = desktops::set_progress(&mut tx, rows[i].id, progress).await?;
+    tx.commit().await?;
+    if let Some(stored) = stored {
+        rows[i] = stored;
+    }
+    Ok(())
+}
+
+/// Applies the VM changes vCenter reported for ready desktops: a VM gone means the desktop
+/// failed (the plan replaces it); a power change is recorded. Desktops with a worker are
+/// left to it (their own power-on or destroy causes these changes).
+pub(crate) async fn apply_vm_events(
+    ctx: &Arc<Ctx>,
+    pool: &Pool,
+    rows: &mut [Desktop],
+    events: &[VmEvent],
+) -> Result<(), Error> {
+    let mut later = Vec::new();
+    for e in events {
+        let Some(i) = rows
+            .iter()
+            .position(|d| d.vm_moref.as_deref() == Some(e.vm.value.as_str()))
+        else {
+            continue;
+        };
+        let d = &rows[i];
+        if ctx.has_worker(d.id) {
+            // The worker may be about to finish (a new desktop's VM removed at once): judge
+            // the change once it has; its end wakes the pool.
+            later.push(e.clone());
+            continue;
+        }
+        if d.state != DesktopState::Ready {
+            continue;
+        }
+        let progress = match e.change {
+            VmChange::Gone => {
+                tracing::warn!(pool = %pool.spec.name, desktop = %d.name, "vCenter reports the VM gone; the desktop will be replaced");
+                Progress::failed("its VM was removed from vCenter")
+            }
+            VmChange::Power(p) if d.powered_on != (p == PowerState::PoweredOn) => {
+                Progress::observed(d, None, p == PowerState::PoweredOn)
+            }
+            _ => continue,
+        };
+        record(ctx, rows, i, &progress).await?;
+    }
+    if !ctx.cancel.is_cancelled() {
+        ctx.scheduler.defer_vm_events(&pool.spec.name, later);
+    }
+    Ok(())
+}
+
+/// Compares the periodic inventory sweep with the database: adopts VMs that belong to known
+/// rows, destroys this pool's orphans, notices desktops whose VM vanished, refreshes power
+/// states. The sweep's VMs were listed before the rows were read, so every VM a worker made
+/// already has its row.
+pub(crate) async fn resync(
+    ctx: &Arc<Ctx>,
+    pool: &Pool,
+    vc: &Arc<Vcenter>,
+    client: &Client,
+    rows: &mut [Desktop],
+    (listed_at, vms): Sweep,
+) -> Result<(), Error> {
+    let by_uuid: HashMap<Uuid, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.instance_uuid, i))
+        .collect();
+    let mut seen = HashSet::new();
+    for vm in vms {
+        let uuid = vm
+            .instance_uuid
+            .as_deref()
+            .and_then(|u| Uuid::parse_str(u).ok());
+        let marker = vm
+            .extra_config
+            .iter()
+            .find(|(k, _)| k == MARKER_DESKTOP)
+            .map(|(_, v)| v.as_str());
+        // Matched by instance UUID, else by moref or desktop marker (a VM adopted after a
+        // DuplicateName may carry another instance UUID than the row's).
+        let row = uuid
+            .and_then(|u| by_uuid.get(&u).copied())
+            .or_else(|| {
+                rows.iter()
+                    .position(|d| d.vm_moref.as_deref() == Some(vm.moref.value.as_str()))
+            })
+            .or_else(|| marker.and_then(|m| rows.iter().position(|d| d.id.to_string() == m)));
+        let Some(i) = row else {
+            tracing::warn!(pool = %pool.spec.name, vm = %vm.name, moref = %vm.moref, desktop_marker = marker, "VM carries this pool's marker but no desktop row matches its instance UUID: destroying the orphan");
+            steps::spawn_orphan_destroy(ctx, vc, client, pool, vm);
+            continue;
+        };
+        let d = &rows[i];
+        seen.insert(d.id);
+        if ctx.has_worker(d.id) {
+            continue;
+        }
+        let on = vm.power_state == PowerState::PoweredOn;
+        let adopt = d.vm_moref.is_none() && d.state == DesktopState::Pending;
+        let power_changed = d.state == DesktopState::Ready && d.powered_on != on;
+        if !adopt && !power_changed {
+            continue;
+        }
+        let mut progress = Progress::observed(d, Some(vm.moref.value.clone()), on);
+        if adopt {
+            progress.state = DesktopState::Cloning;
+        }
+        let mut tx = ctx.begin().await?;
+        let stored = desktops::set_progress(&mut tx, d.id, &progress).await?;
+        if adopt {
+            ctx.event(
+                &mut tx,
+                &pool.spec.name,
+                Some(&d.name),
+                EventKind::Adopted,
+                &format!(
+                    "adopted VM {} ({}) found by instance UUID for pending desktop {}",
+                    vm.name, vm.moref, d.name
+                ),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if let Some(stored) = stored {
+            rows[i] = stored;
+        }
+    }
+    // Rows whose VM vanished (deleted by hand, or vCenter lost it): fail them so the plan
+    // replaces them. Only rows settled before the listing are judged.
+    let settle = chrono::Duration::seconds(5);
+    for i in 0..rows.len() {
+        let d = &rows[i];
+        if d.state == DesktopState::Ready
+            && !seen.contains(&d.id)
+            && !ctx.has_worker(d.id)
+            && d.updated_at + settle < listed_at
+        {
+            let name = d.name.clone();
+            record(
+                ctx,
+                rows,
+                i,
+                &Progress::failed("its VM is no longer in vCenter"),
+            )
+            .await?;
+            tracing::warn!(pool = %pool.spec.name, desktop = %name, "VM vanished from vCenter; the desktop will be replaced");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! One pass for one pool: `reconcile(pool, desktops, inputs, ctx) -> Result<Action, Error>`.
+//! It is given the pool and its desktops as read once at its start, folds in what vCenter
+//! reported since the last pass, asks the pure [`deskpool_domain::plan`] what to create and
+//! remove, records that, and hands desktops that need vCenter work to workers. It returns
+//! when to look at the pool again; a failure goes to `policy::error_policy` instead.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deskpool_domain::{plan, DesktopState, EventKind, PlanDesktop, PlanInput, PoolState};
+use deskpool_store::desktops::{self, Desktop, NewDesktop};
+use deskpool_store::pools::{self, Pool};
+use deskpool_store::StoreError;
+use uuid::Uuid;
+
+use crate::compare;
+use crate::conditions::{note, set_condition};
+use crate::context::{Ctx, WorkerKind};
+use crate::inventory::{self, Inventory, ResolveError};
+use crate::policy::error_policy;
+use crate::scheduler::{Action, Inputs};
+use crate::steps;
+use crate::Error;
+
+/// How soon a pool whose vCenter has no session yet is looked at again.
+const UNREACHABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// The pool's next look: `wanted`, or the end of its backoff if that comes first (vCenter
+/// work waits for it, and nothing else may wake the pool then).
+fn next_look(ctx: &Ctx, pool: &str, wanted: Action) -> Action {
+    let Some(until) = ctx.scheduler.backoff_until(pool) else {
+        return wanted;
+    };
+    let backoff = until.saturating_duration_since(Instant::now());
+    match wanted {
+        Action::RequeueAfter(d) if d < backoff => wanted,
+        _ => Action::RequeueAfter(backoff),
+    }
+}
+
+/// Runs one pass over `pool` and `rows` (its desktops, by index).
+pub(crate) async fn reconcile(
+    pool: Pool,
+    mut rows: Vec<Desktop>,
+    inputs: Inputs,
+    ctx: &Arc<Ctx>,
+) -> Result<Action, Error> {
+    let name = pool.spec.name.clone();
+    let deleting = pool.state == PoolState::Deleting;
+    let Some(vc) = ctx.vcenters.get(&pool.spec.vcenter).cloned() else {
+        let msg = format!(
+            "vCenter '{}' is not configured: add it to [[vcenters]] in the config or change the pool's vcenter",
+            pool.spec.vcenter
+        );
+        if !deleting {
+            set_condition(ctx, &pool, PoolState::Error, msg).await?;
+        }
+        return Ok(next_look(ctx, &name, Action::AwaitChange));
+    };
+    let Some(client) = vc.client() else {
+        let why = vc.last_error().unwrap_or_else(|| "no session yet".into());
+        let msg = format!("vCenter '{}' is unreachable: {why}", vc.name);
+        note(ctx, &pool, Some(msg)).await?;
+        return Ok(next_look(
+            ctx,
+            &name,
+            Action::RequeueAfter(UNREACHABLE_RETRY),
+        ));
+    };
+
+    if !inputs.vm_events.is_empty() {
+        compare::apply_vm_events(ctx, &pool, &mut rows, &inputs.vm_events).await?;
+    }
+    if let Some(sweep) = inputs.sweep {
+        compare::resync(ctx, &pool, &vc, &client, &mut rows, sweep).await?;
+    }
+
+    let counted = rows.iter().filter(|d| d.state.counts_toward_size()).count() as u32;
+    let active = !deleting && pool.spec.enabled && pool.state == PoolState::Ok;
+    let backing_off = ctx.scheduler.backoff_until(&name).is_some();
+    let wants_clones =
+        counted < pool.spec.target_size || rows.iter().any(|d| d.state == DesktopState::Pending);
+    let mut problem = None;
+    let inventory = if active && wants_clones && !backing_off {
+        let cache_key = (
+            inventory::fingerprint(&pool.spec),
+            *client.subscribe_reconnects().borrow(),
+        );
+        match ctx.cached_inventory(&name, &cache_key) {
+            Some(inv) => Some(inv),
+            None => match inventory::resolve(&client, &pool.spec).await {
+                Ok(inv) => {
+                    let inv = Arc::new(inv);
+                    if pool.snapshot_moref.as_deref() != Some(inv.snapshot.value.as_str()) {
+                        let mut tx = ctx.begin().await?;
+                        pools::set_snapshot_moref(&mut tx, pool.id, &inv.snapshot.value).await?;
+                        tx.commit().await?;
+                        tracing::info!(pool = %name, snapshot = %inv.snapshot, selector = %pool.spec.snapshot, "snapshot resolved");
+                    }
+                    ctx.store_inventory(&name, cache_key, Arc::clone(&inv));
+                    Some(inv)
+                }
+                Err(ResolveError::Permanent(msg)) => {
+                    set_condition(ctx, &pool, PoolState::Error, msg).await?;
+                    return Ok(next_look(ctx, &name, Action::AwaitChange));
+                }
+                Err(ResolveError::Transient(e)) => {
+                    problem = Some(format!("cannot resolve the pool's inventory yet: {e}"));
+                    // The pass goes on without cloning; the policy backs the pool off.
+                    error_policy(&name, &Error::Vsphere(e), ctx);
+                    None
+                }
+            },
+        }
+    } else {
+        None
+    };
+
+    let views: Vec<PlanDesktop> = rows
+        .iter()
+        .map(|d| PlanDesktop {
+            id: d.id,
+            index: d.index,
+            state: d.state,
+            powered_on: d.powered_on,
+        })
+        .collect();
+    let global_slots = vc.permits.available_permits() as u32;
+    let planned = plan(&PlanInput {
+        target: if deleting { 0 } else { pool.spec.target_size },
+        may_create: inventory.is_some(),
+        may_delete: deleting || pool.spec.enabled,
+        max_concurrent: pool.spec.max_concurrent_clones,
+        global_slots,
+        max_index: pool.spec.max_index(),
+        desktops: &views,
+    });
+    let created = planned.create.len() as u32;
+    if inventory.is_some() && counted + created < pool.spec.target_size && created >= global_slots {
+        // The vCenter-wide bound held this pool back: a freed slot must wake it.
+        ctx.scheduler.wait_for_slot(&name, &vc);
+    }
+
+    if !planned.is_empty() {
+        match record_plan(ctx, &pool, inventory.as_deref(), &mut rows, &planned).await {
+            Ok(()) => {}
+            Err(Error::Store(StoreError::Conflict { message, .. })) => {
+                let msg = format!("{message}: change the pool's naming_pattern");
+                set_condition(ctx, &pool, PoolState::Error, msg).await?;
+                return Ok(next_look(ctx, &name, Action::AwaitChange));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    if deleting && rows.is_empty() {
+        let mut tx = ctx.begin().await?;
+        if pools::delete_if_empty(&mut tx, pool.id).await? {
+            ctx.event(
+                &mut tx,
+                &name,
+                None,
+                EventKind::PoolDeleted,
+                &format!("pool '{name}' deleted: its last desktop is gone"),
+            )
+            .await?;
+            tx.commit().await?;
+            ctx.forget_pool(&name);
+            return Ok(Action::AwaitChange);
+        }
+    }
+
+    if ctx.scheduler.backoff_until(&name).is_some() {
+        // vCenter work waits for the backoff to end (the pool is looked at again then).
+        if problem.is_some() {
+            note(ctx, &pool, problem).await?;
+        }
+        return Ok(next_look(ctx, &name, Action::AwaitChange));
+    }
+    start_workers(
+        ctx,
+        Arc::new(pool.clone()),
+        &vc,
+        &client,
+        inventory,
+        rows,
+        active,
+    );
+    note(ctx, &pool, problem).await?;
+    Ok(next_look(ctx, &name, Action::AwaitChange))
+}
+
+/// Hands every desktop that needs vCenter work, and has no worker yet, to one.
+fn start_workers(
+    ctx: &Arc<Ctx>,
+    pool: Arc<Pool>,
+    vc: &Arc<crate::vcenter::Vcenter>,
+    client: &deskpool_vsphere::Client,
+    inventory: Option<Arc<Inventory>>,
+    rows: Vec<Desktop>,
+    active: bool,
+) {
+    let max = pool.spec.max_concurrent_clones as usize;
+    let mut deleting_started = ctx.running(pool.id, WorkerKind::Delete);
+    let job = || steps::Job {
+        ctx: Arc::clone(ctx),
+        vc: Arc::clone(vc),
+        client: client.clone(),
+        pool: Arc::clone(&pool),
+    };
+    for d in rows {
+        if ctx.has_worker(d.id) {
+            continue;
+        }
+        match d.state {
+            DesktopState::Pending if active && inventory.is_some() => {
+                steps::spawn_provision(job(), inventory.clone(), d)
+            }
+            DesktopState::Cloning | DesktopState::PoweringOn => {
+                steps::spawn_provision(job(), inventory.clone(), d)
+            }
+            DesktopState::Deleting if deleting_started < max => {
+                deleting_started += 1;
+                steps::spawn_delete(job(), d)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records the plan: pending rows for new desktops (name and instance UUID committed before
+/// any vCenter call) and `deleting` for the removed ones, with their events. `rows` is
+/// updated to what was committed.
+async fn record_plan(
+    ctx: &Arc<Ctx>,
+    pool: &Pool,
+    inventory: Option<&Inventory>,
+    rows: &mut Vec<Desktop>,
+    planned: &deskpool_domain::Plan,
+) -> Result<(), Error> {
+    let name = &pool.spec.name;
+    let mut tx = ctx.begin().await?;
+    let mut fresh = Vec::new();
+    if let Some(inv) = inventory.filter(|_| !planned.create.is_empty()) {
+        let naming = pool
+            .spec
+            .naming()
+            .map_err(|e| Error::Store(StoreError::Corrupt(format!("pool {name}: {e}"))))?;
+        for index in &planned.create {
+            let desktop = naming.render(*index);
+            let d = desktops::insert_pending(
+                &mut tx,
+                &NewDesktop {
+                    pool_id: pool.id,
+                    name: &desktop,
+                    index: *index,
+                    instance_uuid: Uuid::new_v4(),
+                    snapshot_moref: &inv.snapshot.value,
+                },
+            )
+            .await?;
+            fresh.push(d);
+        }
+        tracing::info!(pool = %name, count = planned.create.len(), target = pool.spec.target_size, "provisioning new desktops");
+    }
+    if !planned.delete.is_empty() {
+        desktops::mark_deleting(&mut tx, &planned.delete).await?;
+        let by_id: HashMap<Uuid, &Desktop> = rows.iter().map(|d| (d.id, d)).collect();
+        for id in &planned.delete {
+            let Some(d) = by_id.get(id) else { continue };
+            let why = if pool.state == PoolState::Deleting {
+                "the pool is being deleted".to_owned()
+            } else if d.state == DesktopState::Failed {
+                format!(
+                    "it failed ({})",
+                    d.last_error.as_deref().unwrap_or("no detail")
+                )
+            } else {
+                format!("scaling down to {}", pool.spec.target_size)
+            };
+            ctx.event(
+                &mut tx,
+                name,
+                Some(&d.name),
+                EventKind::DesktopDeleting,
+                &format!("removing desktop {}: {why}", d.name),
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    for d in rows.iter_mut().filter(|d| planned.delete.contains(&d.id)) {
+        d.state = DesktopState::Deleting;
+    }
+    for d in fresh {
+        ctx.mark_fresh(d.id);
+        rows.push(d);
+    }
+    rows.sort_by_key(|d| d.index);
+    Ok(())
+}
