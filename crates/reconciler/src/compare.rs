@@ -5,16 +5,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use deskpool_domain::{DesktopState, EventKind, MARKER_DESKTOP};
+use deskpool_domain::{DesktopState, EventKind};
 use deskpool_store::desktops::{self, Desktop, Progress};
 use deskpool_store::pools::Pool;
-use deskpool_vsphere::{Client, PowerState, VmChange, VmEvent};
+use deskpool_vsphere::{PowerState, VmChange, VmEvent};
 use uuid::Uuid;
 
 use crate::context::Ctx;
 use crate::scheduler::Sweep;
-use crate::steps;
-use crate::vcenter::Vcenter;
 use crate::Error;
 
 /// Writes `progress` for `rows[i]` and puts the stored row in its place.
@@ -85,8 +83,6 @@ pub(crate) async fn apply_vm_events(
 pub(crate) async fn resync(
     ctx: &Arc<Ctx>,
     pool: &Pool,
-    vc: &Arc<Vcenter>,
-    client: &Client,
     rows: &mut [Desktop],
     (listed_at, vms): Sweep,
 ) -> Result<(), Error> {
@@ -101,23 +97,10 @@ pub(crate) async fn resync(
             .instance_uuid
             .as_deref()
             .and_then(|u| Uuid::parse_str(u).ok());
-        let marker = vm
-            .extra_config
-            .iter()
-            .find(|(k, _)| k == MARKER_DESKTOP)
-            .map(|(_, v)| v.as_str());
-        // Matched by instance UUID, else by moref or desktop marker (a VM adopted after a
-        // DuplicateName may carry another instance UUID than the row's).
-        let row = uuid
-            .and_then(|u| by_uuid.get(&u).copied())
-            .or_else(|| {
-                rows.iter()
-                    .position(|d| d.vm_moref.as_deref() == Some(vm.moref.value.as_str()))
-            })
-            .or_else(|| marker.and_then(|m| rows.iter().position(|d| d.id.to_string() == m)));
-        let Some(i) = row else {
-            tracing::warn!(pool = %pool.spec.name, vm = %vm.name, moref = %vm.moref, desktop_marker = marker, "VM carries this pool's marker but no desktop row matches its instance UUID: destroying the orphan");
-            steps::spawn_orphan_destroy(ctx, vc, client, pool, vm);
+        // Matched by instance UUID only: markers are copied with a VM, and a moref can name
+        // another VM after a vCenter restart. The sweep judged every VM (see
+        // `sources::judge_vms`); one whose row went since is judged again at the next sweep.
+        let Some(i) = uuid.and_then(|u| by_uuid.get(&u).copied()) else {
             continue;
         };
         let d = &rows[i];

@@ -45,6 +45,10 @@ pub(crate) struct Ctx {
     /// pool name -> ((spec fingerprint, vCenter session generation), resolved inventory). A
     /// new session may mean a restarted vCenter, so morefs are resolved again after a re-login.
     inventory: Mutex<HashMap<String, (InventoryKey, Arc<Inventory>)>>,
+    /// This installation's id (read once per term): goes into every clone's markers.
+    installation: tokio::sync::OnceCell<Uuid>,
+    /// Foreign VMs (morefs) already reported this term: one event each, not one per sweep.
+    pub(crate) reported_foreign: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -52,6 +56,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Ctx {
+    /// This installation's id, read from the database once per term.
+    pub(crate) async fn installation(&self) -> Result<Uuid, Error> {
+        let id = self
+            .installation
+            .get_or_try_init(|| async {
+                let mut conn = self.db.acquire().await?;
+                Ok::<_, Error>(deskpool_store::installation::id(&mut conn).await?)
+            })
+            .await?;
+        Ok(*id)
+    }
+
+    /// True the first time a foreign VM is seen this term.
+    pub(crate) fn first_report(&self, moref: &str) -> bool {
+        lock(&self.reported_foreign).insert(moref.to_owned())
+    }
+
     pub(crate) fn new(
         db: PgPool,
         cfg: ReconcilerConfig,
@@ -72,6 +93,8 @@ impl Ctx {
             workers: Mutex::default(),
             fresh: Mutex::default(),
             inventory: Mutex::default(),
+            installation: tokio::sync::OnceCell::new(),
+            reported_foreign: Mutex::default(),
         }
     }
 

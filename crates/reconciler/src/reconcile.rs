@@ -73,7 +73,7 @@ pub(crate) async fn reconcile(
         compare::apply_vm_events(ctx, &pool, &mut rows, &inputs.vm_events).await?;
     }
     if let Some(sweep) = inputs.sweep {
-        compare::resync(ctx, &pool, &vc, &client, &mut rows, sweep).await?;
+        compare::resync(ctx, &pool, &mut rows, sweep).await?;
     }
 
     let counted = rows.iter().filter(|d| d.state.counts_toward_size()).count() as u32;

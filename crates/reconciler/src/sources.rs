@@ -11,6 +11,7 @@ use deskpool_store::{desktops, pools, POOL_CHANNEL};
 use deskpool_vsphere::{VmChange, VmEvent, VmInfo};
 
 use crate::context::Ctx;
+use crate::steps;
 use crate::vcenter::Vcenter;
 use crate::Error;
 
@@ -116,7 +117,7 @@ pub(crate) async fn watch_vms(ctx: Arc<Ctx>, vc: Arc<Vcenter>) {
 
 /// The periodic full comparison: one inventory read per vCenter (all VMs with deskpool
 /// markers), handed to each pool's next pass.
-pub(crate) async fn sweep(ctx: &Ctx) -> Result<(), Error> {
+pub(crate) async fn sweep(ctx: &Arc<Ctx>) -> Result<(), Error> {
     // Resolve inventory afresh from now on: with `snapshot = "current"` a new snapshot of the
     // golden VM is picked up within one resync interval (only pools that clone pay for it).
     ctx.forget_all_inventory();
@@ -125,10 +126,9 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<(), Error> {
         pools::list(&mut conn).await?
     };
     for (name, vc) in &ctx.vcenters {
+        // Listed even without pools: a clone that finished after its pool was deleted is
+        // still this installation's to destroy.
         let on_vc: Vec<_> = all.iter().filter(|p| &p.spec.vcenter == name).collect();
-        if on_vc.is_empty() {
-            continue;
-        }
         let Some(client) = vc.client() else {
             on_vc.iter().for_each(|p| ctx.wake(&p.spec.name));
             continue;
@@ -147,22 +147,12 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<(), Error> {
                 continue;
             }
         };
-        let mut by_pool: HashMap<String, Vec<VmInfo>> = HashMap::new();
-        for vm in vms {
-            if let Some((_, pool)) = vm.extra_config.iter().find(|(k, _)| k == MARKER_POOL) {
-                by_pool.entry(pool.clone()).or_default().push(vm);
-            }
-        }
+        let by_pool = judge_vms(ctx, vc, &client, vms).await?;
+        let mut by_pool = by_pool;
         for p in on_vc {
             let vms = by_pool.remove(&p.spec.name).unwrap_or_default();
             if !ctx.cancel.is_cancelled() {
                 ctx.scheduler.hand_sweep(&p.spec.name, (listed_at, vms));
-            }
-        }
-        // VMs marked for pools that no longer exist are left alone but reported.
-        for (pool, vms) in by_pool {
-            if !all.iter().any(|p| p.spec.name == pool) {
-                tracing::warn!(vcenter = %name, pool, count = vms.len(), "VMs carry the marker of a pool that does not exist; left untouched");
             }
         }
     }
@@ -173,4 +163,118 @@ pub(crate) async fn sweep(ctx: &Ctx) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Judges every listed VM by the destruction rule (`deskpool_domain::judge`): the VMs of
+/// desktop rows go to their row's pool (found by instance UUID, whatever the markers say);
+/// VMs this installation made for desktops that are gone are destroyed; VMs with deskpool's
+/// markers but an instance UUID it never issued are reported and left alone; another
+/// installation's VMs are ignored.
+async fn judge_vms(
+    ctx: &Arc<Ctx>,
+    vc: &Arc<Vcenter>,
+    client: &deskpool_vsphere::Client,
+    vms: Vec<VmInfo>,
+) -> Result<HashMap<String, Vec<VmInfo>>, Error> {
+    use deskpool_domain::{judge, SeenVm, Verdict, MARKER_INSTALLATION};
+    let ours = ctx.installation().await?.to_string();
+    let marker = |vm: &VmInfo, key: &str| {
+        vm.extra_config
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let uuid_of = |vm: &VmInfo| {
+        vm.instance_uuid
+            .as_deref()
+            .and_then(|u| uuid::Uuid::parse_str(u).ok())
+    };
+    let uuids: Vec<uuid::Uuid> = vms.iter().filter_map(uuid_of).collect();
+    let (rows, issued) = {
+        let mut conn = ctx.db.acquire().await?;
+        (
+            deskpool_store::installation::desktop_pools(&mut conn, &uuids).await?,
+            deskpool_store::installation::issued(&mut conn, &uuids).await?,
+        )
+    };
+    let mut by_pool: HashMap<String, Vec<VmInfo>> = HashMap::new();
+    let mut foreign: HashMap<String, u64> = HashMap::new();
+    for vm in vms {
+        let uuid = uuid_of(&vm);
+        let installation = marker(&vm, MARKER_INSTALLATION);
+        let claimed_pool = marker(&vm, MARKER_POOL);
+        let seen = SeenVm {
+            installation: installation.as_deref(),
+            marked: claimed_pool.is_some()
+                || vm
+                    .extra_config
+                    .iter()
+                    .any(|(k, _)| k.starts_with("deskpool.")),
+            has_row: uuid.is_some_and(|u| rows.contains_key(&u)),
+            issued: uuid.is_some_and(|u| issued.contains(&u)),
+        };
+        match judge(&seen, &ours) {
+            Verdict::NotOurs => {}
+            Verdict::Desktop => {
+                if let Some(pool) = uuid.and_then(|u| rows.get(&u)) {
+                    by_pool.entry(pool.clone()).or_default().push(vm);
+                }
+            }
+            Verdict::Leftover => {
+                let pool = claimed_pool.unwrap_or_default();
+                tracing::warn!(pool, vm = %vm.name, moref = %vm.moref, "VM made by this installation for a desktop that is gone: destroying it");
+                steps::spawn_orphan_destroy(ctx, vc, client, &pool, vm);
+            }
+            Verdict::Foreign => {
+                let pool = claimed_pool.unwrap_or_default();
+                *foreign.entry(pool.clone()).or_default() += 1;
+                if ctx.first_report(&vm.moref.value) {
+                    let msg = format!(
+                        "VM {} ({}) carries deskpool's markers but an instance UUID ({}) deskpool never gave a desktop (a copy or restore of a desktop?); it is left alone",
+                        vm.name,
+                        vm.moref,
+                        vm.instance_uuid.as_deref().unwrap_or("none")
+                    );
+                    tracing::warn!(pool, vm = %vm.name, moref = %vm.moref, "{msg}");
+                    let recorded = async {
+                        let mut tx = ctx.begin().await?;
+                        ctx.event(
+                            &mut tx,
+                            &pool,
+                            Some(&vm.name),
+                            deskpool_domain::EventKind::ForeignVm,
+                            &msg,
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        Ok::<_, Error>(())
+                    };
+                    if let Err(e) = recorded.await {
+                        tracing::warn!(error = %e, "cannot record the foreign_vm event");
+                    }
+                }
+            }
+        }
+    }
+    let mut known = lock_foreign_pools();
+    for pool in known.iter() {
+        if !foreign.contains_key(pool) {
+            metrics::gauge!("deskpool_foreign_vms", "pool" => pool.clone()).set(0.0);
+        }
+    }
+    for (pool, n) in &foreign {
+        metrics::gauge!("deskpool_foreign_vms", "pool" => pool.clone()).set(*n as f64);
+        known.insert(pool.clone());
+    }
+    Ok(by_pool)
+}
+
+/// Pools a `deskpool_foreign_vms` gauge was set for (set back to 0 once their VMs are gone).
+fn lock_foreign_pools() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    static POOLS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use deskpool_domain::{
     next_step, DesktopState, EventKind, Failure, FaultClass, Lookup, NameHolder, PoolState, Report,
-    Step, StepDesktop, MARKER_DESKTOP, MARKER_POOL,
+    Step, StepDesktop, MARKER_DESKTOP, MARKER_INSTALLATION, MARKER_POOL,
 };
 use deskpool_store::desktops::{self, Desktop, Progress};
 use deskpool_store::pools::{self, Pool, Status};
@@ -517,6 +517,7 @@ impl Provision<'_> {
             return Ok(Next::Done);
         };
         found.clone_started = Some(Instant::now());
+        let installation = self.ctx.installation().await?;
         let spec = LinkedCloneSpec {
             name: d.name.clone(),
             folder: inv.folder.clone(),
@@ -526,6 +527,7 @@ impl Provision<'_> {
             snapshot: inv.snapshot.clone(),
             instance_uuid: d.instance_uuid.to_string(),
             extra_config: vec![
+                (MARKER_INSTALLATION.to_owned(), installation.to_string()),
                 (MARKER_POOL.to_owned(), self.pool_name().to_owned()),
                 (MARKER_DESKTOP.to_owned(), d.id.to_string()),
             ],
@@ -665,13 +667,28 @@ impl Provision<'_> {
                     .map(|(_, v)| v.clone())
             })
         };
-        let ours = marker(MARKER_POOL).as_deref() == Some(self.pool_name());
-        let holder = if ours && marker(MARKER_DESKTOP) == Some(d.id.to_string()) {
-            found.how = "DuplicateName resolved by ownership marker";
-            NameHolder::ThisDesktop
-        } else if ours {
-            // The name holder carries this pool's marker but another desktop id: the row it
-            // belonged to is gone (the name is unique in the database), so it is an orphan.
+        // Markers are copied with a VM: only the instance UUID says whether deskpool made the
+        // holder. One this installation issued with no row left (the name is unique in the
+        // database, and this desktop's own UUID was looked up already) is a leftover.
+        let ours = self.ctx.installation().await?.to_string();
+        let other_installation = marker(MARKER_INSTALLATION).is_some_and(|i| i != ours);
+        let uuid = info
+            .as_ref()
+            .and_then(|i| i.instance_uuid.as_deref())
+            .and_then(|u| uuid::Uuid::parse_str(u).ok());
+        let leftover = match uuid {
+            Some(u) if !other_installation => {
+                let mut conn = self.ctx.db.acquire().await?;
+                deskpool_store::installation::issued(&mut conn, &[u])
+                    .await?
+                    .contains(&u)
+                    && deskpool_store::installation::desktop_pools(&mut conn, &[u])
+                        .await?
+                        .is_empty()
+            }
+            _ => false,
+        };
+        let holder = if leftover {
             NameHolder::OtherDesktop
         } else {
             NameHolder::Foreign
@@ -718,25 +735,20 @@ fn retry_reason(desktop: &str, before: Report) -> String {
 }
 
 /// Powers a VM off (if needed) and destroys it; a VM already gone is fine. With `owner`
-/// (pool, desktop id), a VM whose markers say otherwise is left alone (a moref can name
-/// another VM after a vCenter restart): Ok(false).
-async fn destroy_vm(
-    client: &Client,
-    vm: &MoRef,
-    owner: Option<(&str, &str)>,
-) -> Result<bool, VsError> {
+/// (the instance UUID deskpool gave it), a VM with another instance UUID is left alone (a
+/// moref can name another VM after a vCenter restart, and markers are copied with a VM):
+/// Ok(false).
+async fn destroy_vm(client: &Client, vm: &MoRef, owner: Option<&str>) -> Result<bool, VsError> {
     let Some(info) = client.vm_info(vm).await? else {
         return Ok(false);
     };
-    if let Some((pool, desktop)) = owner {
-        let marker = |key: &str| {
-            info.extra_config
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
-        if marker(MARKER_POOL) != Some(pool) || marker(MARKER_DESKTOP) != Some(desktop) {
-            tracing::warn!(vm = %vm, name = %info.name, "not destroying a VM whose markers name another owner");
+    if let Some(uuid) = owner {
+        if !info
+            .instance_uuid
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case(uuid))
+        {
+            tracing::warn!(vm = %vm, name = %info.name, "not destroying a VM whose instance UUID is not the desktop's");
             return Ok(false);
         }
     }
@@ -820,10 +832,9 @@ async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(
                 if ctx.cancel.is_cancelled() {
                     return Err(Error::Stopped("leadership ended"));
                 }
-                let desktop_id = d.id.to_string();
+                let uuid = d.instance_uuid.to_string();
                 if let Some(vm) = &vm {
-                    destroyed =
-                        destroy_vm(client, vm, Some((&pool.spec.name, &desktop_id))).await?;
+                    destroyed = destroy_vm(client, vm, Some(&uuid)).await?;
                 }
                 Report::Destroyed
             }
@@ -862,31 +873,39 @@ async fn forget(
     Ok(())
 }
 
-/// Destroys a VM that carries this pool's marker but matches no desktop row.
+/// Destroys a VM this installation made (its instance UUID was issued) for a desktop that is
+/// gone, then forgets the issued UUID. `pool` is the pool its markers name (for the event).
 pub(crate) fn spawn_orphan_destroy(
     ctx: &Arc<Ctx>,
     vc: &Arc<Vcenter>,
     client: &Client,
-    pool: &Pool,
+    pool: &str,
     vm: VmInfo,
 ) {
     let (ctx, vc, client) = (Arc::clone(ctx), Arc::clone(vc), client.clone());
-    let pool = pool.spec.name.clone();
+    let pool = pool.to_owned();
     tokio::spawn(async move {
         let Ok(_permit) = permit(&ctx, &vc.permits).await else {
             return;
         };
-        let result = destroy_vm(&client, &vm.moref, None).await;
+        let result = destroy_vm(&client, &vm.moref, vm.instance_uuid.as_deref()).await;
         drop(_permit);
         ctx.scheduler.slot_freed();
         match result {
             Ok(true) => {
                 let msg = format!(
-                    "destroyed orphan VM {} ({}): it carries this pool's marker but no desktop matches it",
+                    "destroyed VM {} ({}): deskpool made it for a desktop that no longer exists",
                     vm.name, vm.moref
                 );
                 let recorded = async {
                     let mut tx = ctx.begin().await?;
+                    if let Some(u) = vm
+                        .instance_uuid
+                        .as_deref()
+                        .and_then(|u| uuid::Uuid::parse_str(u).ok())
+                    {
+                        deskpool_store::installation::forget_issued(&mut tx, u).await?;
+                    }
                     ctx.event(
                         &mut tx,
                         &pool,

@@ -34,6 +34,24 @@ pub async fn issued(conn: &mut PgConnection, uuids: &[Uuid]) -> Result<HashSet<U
     Ok(found.into_iter().collect())
 }
 
+/// The pool of the desktop row holding each of `uuids` (those with a row).
+pub async fn desktop_pools(
+    conn: &mut PgConnection,
+    uuids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>, StoreError> {
+    if uuids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT d.instance_uuid, p.name FROM desktops d JOIN pools p ON p.id = d.pool_id
+         WHERE d.instance_uuid = ANY($1)",
+    )
+    .bind(uuids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Forgets an issued instance UUID once its VM is known to be destroyed (keeps the table from
 /// growing with every replaced desktop). A UUID whose VM was never seen stays: a late clone
 /// may still make it.
