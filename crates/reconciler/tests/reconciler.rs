@@ -155,8 +155,54 @@ async fn injected_failures_converge_and_leave_nothing_behind(
     assert!(kinds.iter().any(|k| k == "clone_failed"));
     // Every failed clone's row was replaced and any VM it left was destroyed: the folder
     // holds exactly the 15 desktops (checked by `converged`), and the failure count is back.
-    let (state, _) = pool_state(&db, "lab").await;
-    assert_eq!(state, PoolState::Ok);
+    let p = pool(&db, "lab").await;
+    assert_eq!(p.state, PoolState::Ok);
+    assert_eq!(
+        p.consecutive_failures, 0,
+        "the last clone succeeded, yet the failure count stayed"
+    );
+}
+
+/// README, clone faults: another fault raises the pool's `consecutive_failures` and backs
+/// off; a successful clone resets the count (no resume involved).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_successful_clone_resets_the_failure_count(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(VcsimOptions {
+        clone_fail_rate: 1.0,
+        ..sim_opts(&["lab"], 20)
+    })
+    .await;
+    create_pool(&db, &spec("lab", 2, 1)).await;
+    let mut cfg = config("a");
+    cfg.stop_after_failures = 0;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    let seen = eventually("two clone failures in a row", || async {
+        let p = pool(&db, "lab").await;
+        (p.consecutive_failures >= 2).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        seen.state,
+        PoolState::Ok,
+        "stop_after_failures = 0 never stops"
+    );
+    assert!(
+        seen.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("InsufficientResources")),
+        "{:?}",
+        seen.last_error
+    );
+    sim.set_config(serde_json::json!({"clone_fail_rate": 0.0}))
+        .await;
+    converged(&db, &sim, "lab", 2).await;
+    let p = pool(&db, "lab").await;
+    assert_eq!(p.consecutive_failures, 0, "a success must reset the count");
+    assert_eq!(p.state, PoolState::Ok);
 }
 
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
@@ -183,6 +229,8 @@ async fn stops_after_consecutive_failures_until_resumed(
         msg.contains("3 clone failures in a row") && msg.contains("resume"),
         "{msg}"
     );
+    // With one clone in flight the count stops exactly at the threshold.
+    assert_eq!(pool(&db, "lab").await.consecutive_failures, 3);
     let attempts = sim.stats().await.clone_requests;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -194,8 +242,11 @@ async fn stops_after_consecutive_failures_until_resumed(
     sim.set_config(serde_json::json!({"clone_fail_rate": 0.0}))
         .await;
     let mut c = db.acquire().await.unwrap();
-    pools::set_enabled(&mut c, "lab", true).await.unwrap();
+    let resumed = pools::set_enabled(&mut c, "lab", true).await.unwrap();
+    assert_eq!(resumed.consecutive_failures, 0, "resume clears the count");
     converged(&db, &sim, "lab", 4).await;
+    let p = pool(&db, "lab").await;
+    assert_eq!((p.state, p.consecutive_failures), (PoolState::Ok, 0));
     assert!(event_kinds(&db, "lab")
         .await
         .contains(&"provisioning_stopped".to_owned()));
