@@ -93,6 +93,13 @@ call_timeout_secs = 10
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        let r = reqwest::get(format!("{}/metrics", self.url)).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap()
+    }
+
     async fn readyz(&self) -> (u16, serde_json::Value) {
         let r = reqwest::get(format!("{}/readyz", self.url)).await.unwrap();
         let status = r.status().as_u16();
@@ -136,6 +143,19 @@ fn assert_vcenter_down(body: &serde_json::Value) {
     assert_eq!(body["vcenters"][0]["connected"], false, "{body}");
     let error = body["vcenters"][0]["error"].as_str().unwrap_or_default();
     assert!(!error.is_empty(), "no vCenter error in {body}");
+}
+
+/// Sum of the samples of `series` (a metric name, optionally with some of its labels, e.g.
+/// `deskpool_clone_failures_total{pool="lab"`) in a Prometheus text exposition.
+fn sample_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with([' ', '{', ',', '}']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn db_url(opts: &PgConnectOptions) -> String {
@@ -337,7 +357,6 @@ async fn vcenter_outage_is_reported_and_survived(pool_opts: PgPoolOptions, opts:
         "pool status does not say why: {note}"
     );
     assert!(d.alive());
-
     proxy.restore();
     converged(&db, &sim, "lab", 4).await;
     let body = eventually("/readyz 200 once vCenter is back", || async {
@@ -451,4 +470,73 @@ async fn check_resolves_every_pool_against_the_simulator(
     let (code, text) = check().await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("FAIL vcenter 'sim'"), "{text}");
+}
+
+/// README, metrics: a real fill through `serve` makes the reconciler emit its own metrics
+/// through the recorder the daemon installs (nothing recorded by the test).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_real_fill_emits_the_reconcilers_metrics(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(VcsimOptions {
+        clone_fail_rate: 1.0,
+        ..sim_opts("lab")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    create_pool(&db, "lab", 3).await;
+    let d = Daemon::start(dir.path(), &db_url(&opts), &sim.sdk_url, &sim.password).await;
+    let failed = eventually("deskpool_clone_failures_total for the pool", || async {
+        let text = d.metrics().await;
+        let n = sample_sum(
+            &text,
+            r#"deskpool_clone_failures_total{pool="lab",kind="insufficient_resources"}"#,
+        );
+        (n >= 1.0).then_some(n)
+    })
+    .await;
+    assert!(failed >= 1.0);
+    assert_eq!(
+        sample_sum(&d.metrics().await, "deskpool_clone_duration_seconds_count"),
+        0.0,
+        "no clone has succeeded yet"
+    );
+    sim.set_config(serde_json::json!({"clone_fail_rate": 0.0}))
+        .await;
+    {
+        // The failures may have stopped the pool (stop_after_failures = 3): resume it.
+        let mut c = db.acquire().await.unwrap();
+        deskpool_store::pools::set_enabled(&mut c, "lab", true)
+            .await
+            .unwrap();
+    }
+    converged(&db, &sim, "lab", 3).await;
+    let text = d.metrics().await;
+    assert!(
+        sample_sum(&text, "deskpool_clone_duration_seconds_count") >= 3.0,
+        "three clones succeeded:\n{text}"
+    );
+    assert!(
+        sample_sum(&text, "deskpool_clone_duration_seconds_sum") > 0.0,
+        "{text}"
+    );
+    assert!(
+        sample_sum(&text, "deskpool_reconcile_duration_seconds_count") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE deskpool_clone_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        sample_sum(&text, r#"deskpool_clone_failures_total{pool="lab""#) >= failed,
+        "{text}"
+    );
+    // Gauges read from the database at scrape time agree.
+    assert!(
+        text.contains(r#"deskpool_desktops{pool="lab",state="ready"} 3"#),
+        "{text}"
+    );
 }
