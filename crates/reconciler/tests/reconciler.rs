@@ -487,3 +487,58 @@ async fn a_vm_destroyed_by_hand_is_replaced_without_waiting_for_resync(
     .await;
     converged(&db, &sim, "lab", 3).await;
 }
+
+/// README, pool states: a paused pool is neither grown nor shrunk; resumed, it converges.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_paused_pool_is_neither_grown_nor_shrunk(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 50)).await;
+    create_pool(&db, &spec("lab", 2, 2)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 2).await;
+    let mut c = db.acquire().await.unwrap();
+    pools::set_enabled(&mut c, "lab", false).await.unwrap();
+    let clones = sim.stats().await.clone_requests;
+    set_target(&db, "lab", 4).await;
+    // Several resync periods (2 s): a pass runs and must do nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        sim.stats().await.clone_requests,
+        clones,
+        "a paused pool grew"
+    );
+    assert_eq!(rows(&db, "lab").await.len(), 2);
+    set_target(&db, "lab", 1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(sim.vms(Some("lab")).await.len(), 2, "a paused pool shrank");
+    assert!(rows(&db, "lab")
+        .await
+        .iter()
+        .all(|d| d.state == DesktopState::Ready));
+    pools::set_enabled(&mut c, "lab", true).await.unwrap();
+    converged(&db, &sim, "lab", 1).await;
+}
+
+/// README, desktop lifecycle: with `power_on: false` a clone is ready without a power-on.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn power_on_false_leaves_desktops_off(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 50)).await;
+    let mut s = spec("lab", 3, 3);
+    s.power_on = false;
+    create_pool(&db, &s).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    eventually("three ready desktops", || async {
+        let r = rows(&db, "lab").await;
+        (r.len() == 3 && r.iter().all(|d| d.state == DesktopState::Ready)).then_some(())
+    })
+    .await;
+    let vms = sim.vms(Some("lab")).await;
+    assert_eq!(vms.len(), 3);
+    assert!(vms.iter().all(|v| v.power_state == "poweredOff"), "{vms:?}");
+    assert!(rows(&db, "lab").await.iter().all(|d| !d.powered_on));
+    assert_eq!(sim.stats().await.calls("PowerOnVM_Task"), 0);
+}
