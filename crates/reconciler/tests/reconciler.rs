@@ -542,3 +542,35 @@ async fn power_on_false_leaves_desktops_off(pool_opts: PgPoolOptions, opts: PgCo
     assert!(rows(&db, "lab").await.iter().all(|d| !d.powered_on));
     assert_eq!(sim.stats().await.calls("PowerOnVM_Task"), 0);
 }
+
+/// README, command line: on SIGINT/SIGTERM serve releases the leader lease so a standby
+/// takes over at once. Released means expired in the database the moment the replica stops,
+/// whatever the TTL (an hour here, so only the release can explain a takeover).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_clean_stop_releases_the_lease(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 0)).await;
+    create_pool(&db, &spec("lab", 1, 1)).await;
+    let mut cfg = config("a");
+    cfg.lease_ttl = Duration::from_secs(3600);
+    let mut a = Replica::start(&opts, vec![vcenter(&sim)], cfg.clone());
+    converged(&db, &sim, "lab", 1).await;
+    assert_eq!(a.status.role(), Role::Leader);
+    let live: bool = sqlx::query_scalar("SELECT expires_at > now() FROM leases WHERE owner = 'a'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(live, "the leader's lease is not live");
+    a.stop().await;
+    let live: bool = sqlx::query_scalar("SELECT expires_at > now() FROM leases WHERE owner = 'a'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(!live, "a clean stop left the lease held for its TTL");
+    cfg.replica_id = "b".into();
+    let b = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    eventually("b to take the released lease", || async {
+        (b.status.role() == Role::Leader).then_some(())
+    })
+    .await;
+}
