@@ -574,3 +574,96 @@ async fn a_clean_stop_releases_the_lease(pool_opts: PgPoolOptions, opts: PgConne
     })
     .await;
 }
+
+/// README, PostgreSQL restarted: the `LISTEN` connection is re-established. Its backend is
+/// killed (pg_terminate_backend, as a restart does); with the resync an hour away, only a new
+/// LISTEN can deliver the next resize.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn listen_is_re_established_after_its_connection_dies(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 0)).await;
+    create_pool(&db, &spec("lab", 1, 3)).await;
+    let mut cfg = config("a");
+    cfg.resync_interval = Duration::from_secs(3600);
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    converged(&db, &sim, "lab", 1).await;
+    let listener_pid = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND query ILIKE 'listen%'",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap()
+    };
+    let old = eventually("the reconciler's LISTEN backend", listener_pid).await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(old)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(killed);
+    eventually("a new LISTEN backend", || async {
+        listener_pid().await.filter(|pid| *pid != old)
+    })
+    .await;
+    set_target(&db, "lab", 3).await;
+    converged(&db, &sim, "lab", 3).await;
+}
+
+/// README, two replicas: every reconciler write checks the fencing token, so a deposed
+/// leader cannot write even before it notices. The lease is taken over in the database
+/// behind the running leader's back (its TTL is an hour: it has no reason to look).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_deposed_leader_is_fenced_at_the_reconciler(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 0)).await;
+    create_pool(&db, &spec("lab", 1, 3)).await;
+    let mut cfg = config("a");
+    cfg.lease_ttl = Duration::from_secs(3600);
+    let a = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    converged(&db, &sim, "lab", 1).await;
+    assert_eq!(a.status.role(), Role::Leader);
+    let taken = sqlx::query(
+        "UPDATE leases SET owner = 'usurper', token = token + 1,
+             expires_at = now() + interval '1 hour'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(taken.rows_affected(), 1);
+    let clones = sim.stats().await.clone_requests;
+    let reconciler_events = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE actor = 'reconciler'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    let events = reconciler_events().await;
+    set_target(&db, "lab", 4).await; // NOTIFY wakes the old leader at once
+                                     // It may not notice it was deposed (its own renewal is 20 min away); what matters is
+                                     // that nothing it tries gets written or started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        rows(&db, "lab").await.len(),
+        1,
+        "a fenced leader wrote rows"
+    );
+    assert_eq!(
+        sim.stats().await.clone_requests,
+        clones,
+        "a fenced leader cloned"
+    );
+    assert_eq!(
+        reconciler_events().await,
+        events,
+        "a fenced leader wrote events"
+    );
+}
