@@ -155,6 +155,33 @@ fn config_errors_are_one_line_naming_the_key_with_exit_2() {
             ),
             "vcenters[0].password_file: /nonexistent/vc1.pass: No such file or directory",
         ),
+        // README, Secrets: a password comes from exactly one source.
+        (
+            vec![],
+            write(
+                "twopass.toml",
+                "[[vcenters]]\nname = \"vc1\"\nurl = \"https://vc1.example.com/sdk\"\nusername = \"u\"\npassword = \"p\"\npassword_file = \"/etc/hostname\"\n",
+            ),
+            "vcenters[0].password: set either password or password_file, not both",
+        ),
+        // README, vcenters[].insecure: not together with ca_file.
+        (
+            vec![],
+            write(
+                "insecure.toml",
+                "[[vcenters]]\nname = \"vc1\"\nurl = \"https://vc1.example.com/sdk\"\nusername = \"u\"\npassword = \"p\"\ninsecure = true\nca_file = \"/etc/hostname\"\n",
+            ),
+            "vcenters[0].insecure: ",
+        ),
+        // README: backoff_base_ms must not exceed backoff_max_secs.
+        (
+            vec![],
+            write(
+                "backoff.toml",
+                "[reconciler]\nbackoff_base_ms = 5000\nbackoff_max_secs = 2\n",
+            ),
+            "reconciler.backoff_base_ms: ",
+        ),
         (
             vec![("DESKPOOL__RECONCILER__LEASE_TTL_SECS", "soon")],
             write("empty.toml", ""),

@@ -2,6 +2,7 @@
 //! at random moments, and outages of the database and of vCenter (through a TCP proxy that
 //! the test cuts).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -92,11 +93,69 @@ call_timeout_secs = 10
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        let r = reqwest::get(format!("{}/metrics", self.url)).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap()
+    }
+
     async fn readyz(&self) -> (u16, serde_json::Value) {
         let r = reqwest::get(format!("{}/readyz", self.url)).await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or_default())
     }
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after [`PATIENCE`]: a
+/// regression fails the test instead of hanging it.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up after {PATIENCE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The `/readyz` body's `database` check, asserted to be the failure the README describes.
+fn assert_database_down(body: &serde_json::Value) {
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["database"]["ok"], false, "{body}");
+    let error = body["database"]["error"].as_str().unwrap_or_default();
+    assert!(!error.is_empty(), "no database error in {body}");
+}
+
+/// The `/readyz` body's first vCenter, asserted to be `sim` and disconnected with a reason.
+fn assert_vcenter_down(body: &serde_json::Value) {
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["database"]["ok"], true, "{body}");
+    assert_eq!(body["vcenters"][0]["name"], "sim", "{body}");
+    assert_eq!(body["vcenters"][0]["connected"], false, "{body}");
+    let error = body["vcenters"][0]["error"].as_str().unwrap_or_default();
+    assert!(!error.is_empty(), "no vCenter error in {body}");
+}
+
+/// Sum of the samples of `series` (a metric name, optionally with some of its labels, e.g.
+/// `deskpool_clone_failures_total{pool="lab"`) in a Prometheus text exposition.
+fn sample_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with([' ', '{', ',', '}']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn db_url(opts: &PgConnectOptions) -> String {
@@ -233,30 +292,36 @@ async fn database_outage_is_reported_and_survived(
     converged(&db, &sim, "lab", 3).await;
     assert_eq!(d.readyz().await.0, 200);
 
+    let (_, body) = d.readyz().await;
+    assert_eq!(body["ready"], true, "{body}");
+    assert_eq!(body["database"]["ok"], true, "{body}");
+    assert_eq!(body["database"]["error"], serde_json::Value::Null, "{body}");
+
     proxy.cut();
-    let body = loop {
+    let body = eventually("/readyz to answer 503", || async {
         let (status, body) = d.readyz().await;
-        if status == 503 {
-            break body;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(body.to_string().contains("database"), "{body}");
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert_database_down(&body);
+    // The vCenter is still fine: only the database is blamed.
+    assert_eq!(body["vcenters"][0]["connected"], true, "{body}");
     set_target(&db, "lab", 5).await; // written straight to the database, not through the proxy
     tokio::time::sleep(Duration::from_secs(4)).await; // longer than the lease TTL
     assert!(d.alive(), "the daemon exited during a database outage");
 
     proxy.restore();
     converged(&db, &sim, "lab", 5).await;
-    let mut status = 0;
-    for _ in 0..100 {
-        status = d.readyz().await.0;
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 200, "not ready again after the database came back");
+    let body = eventually(
+        "/readyz to answer 200 after the database came back",
+        || async {
+            let (status, body) = d.readyz().await;
+            (status == 200).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(body["database"]["ok"], true, "{body}");
+    assert_eq!(body["role"], "leader", "{body}");
 }
 
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
@@ -276,27 +341,83 @@ async fn vcenter_outage_is_reported_and_survived(pool_opts: PgPoolOptions, opts:
 
     proxy.cut();
     set_target(&db, "lab", 4).await;
-    let (note, body) = loop {
+    let (note, body) = eventually("/readyz 503 and a note on the pool", || async {
         let (status, body) = d.readyz().await;
         let mut c = db.acquire().await.unwrap();
         let p = deskpool_store::pools::get(&mut c, "lab")
             .await
             .unwrap()
             .unwrap();
-        if status == 503 && p.last_error.is_some() {
-            break (p.last_error.unwrap(), body);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(body.to_string().contains("sim"), "{body}");
+        (status == 503 && p.last_error.is_some()).then(|| (p.last_error.unwrap(), body))
+    })
+    .await;
+    assert_vcenter_down(&body);
     assert!(
         note.contains("vCenter") || note.contains("reach"),
         "pool status does not say why: {note}"
     );
     assert!(d.alive());
-
     proxy.restore();
     converged(&db, &sim, "lab", 4).await;
+    let body = eventually("/readyz 200 once vCenter is back", || async {
+        let (status, body) = d.readyz().await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(body["vcenters"][0]["connected"], true, "{body}");
+    assert_eq!(
+        body["vcenters"][0]["error"],
+        serde_json::Value::Null,
+        "{body}"
+    );
+}
+
+/// README, "vCenter unreachable": at startup deskpool keeps trying to log in; meanwhile
+/// `/readyz` is 503 with the error and pools on that vCenter show
+/// `last_error: "vCenter '...' is unreachable: ..."`; once it answers, the pool fills.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn vcenter_unreachable_at_startup_is_reported_then_filled(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts("lab")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sdk: url::Url = sim.sdk_url.parse().unwrap();
+    let target: SocketAddr = format!("127.0.0.1:{}", sdk.port().unwrap())
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    proxy.cut();
+    create_pool(&db, "lab", 2).await;
+    let via_proxy = format!("http://{}/sdk", proxy.addr);
+    let d = Daemon::start(dir.path(), &db_url(&opts), &via_proxy, &sim.password).await;
+    let note = eventually("the pool's unreachable note", || async {
+        let mut c = db.acquire().await.unwrap();
+        let p = deskpool_store::pools::get(&mut c, "lab")
+            .await
+            .unwrap()
+            .unwrap();
+        p.last_error
+    })
+    .await;
+    assert!(
+        note.starts_with("vCenter 'sim' is unreachable: ") && note.len() > 30,
+        "not the README's message: {note}"
+    );
+    let (status, body) = d.readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert_vcenter_down(&body);
+    assert!(sim.vms(Some("lab")).await.is_empty());
+
+    proxy.restore();
+    converged(&db, &sim, "lab", 2).await;
+    let body = eventually("/readyz 200 once vCenter answers", || async {
+        let (status, body) = d.readyz().await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(body["vcenters"][0]["connected"], true, "{body}");
 }
 
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
@@ -349,4 +470,73 @@ async fn check_resolves_every_pool_against_the_simulator(
     let (code, text) = check().await;
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("FAIL vcenter 'sim'"), "{text}");
+}
+
+/// README, metrics: a real fill through `serve` makes the reconciler emit its own metrics
+/// through the recorder the daemon installs (nothing recorded by the test).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_real_fill_emits_the_reconcilers_metrics(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(VcsimOptions {
+        clone_fail_rate: 1.0,
+        ..sim_opts("lab")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    create_pool(&db, "lab", 3).await;
+    let d = Daemon::start(dir.path(), &db_url(&opts), &sim.sdk_url, &sim.password).await;
+    let failed = eventually("deskpool_clone_failures_total for the pool", || async {
+        let text = d.metrics().await;
+        let n = sample_sum(
+            &text,
+            r#"deskpool_clone_failures_total{pool="lab",kind="insufficient_resources"}"#,
+        );
+        (n >= 1.0).then_some(n)
+    })
+    .await;
+    assert!(failed >= 1.0);
+    assert_eq!(
+        sample_sum(&d.metrics().await, "deskpool_clone_duration_seconds_count"),
+        0.0,
+        "no clone has succeeded yet"
+    );
+    sim.set_config(serde_json::json!({"clone_fail_rate": 0.0}))
+        .await;
+    {
+        // The failures may have stopped the pool (stop_after_failures = 3): resume it.
+        let mut c = db.acquire().await.unwrap();
+        deskpool_store::pools::set_enabled(&mut c, "lab", true)
+            .await
+            .unwrap();
+    }
+    converged(&db, &sim, "lab", 3).await;
+    let text = d.metrics().await;
+    assert!(
+        sample_sum(&text, "deskpool_clone_duration_seconds_count") >= 3.0,
+        "three clones succeeded:\n{text}"
+    );
+    assert!(
+        sample_sum(&text, "deskpool_clone_duration_seconds_sum") > 0.0,
+        "{text}"
+    );
+    assert!(
+        sample_sum(&text, "deskpool_reconcile_duration_seconds_count") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE deskpool_clone_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        sample_sum(&text, r#"deskpool_clone_failures_total{pool="lab""#) >= failed,
+        "{text}"
+    );
+    // Gauges read from the database at scrape time agree.
+    assert!(
+        text.contains(r#"deskpool_desktops{pool="lab",state="ready"} 3"#),
+        "{text}"
+    );
 }

@@ -9,7 +9,7 @@ use deskpool_domain::{DesktopState, PoolState};
 use deskpool_reconciler::Leadership;
 use deskpool_store::pools;
 use deskpool_testkit::vcsim::{Vcsim, VcsimOptions};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 fn sim_opts(folders: &[&str], clone_delay_ms: u64) -> VcsimOptions {
@@ -155,8 +155,54 @@ async fn injected_failures_converge_and_leave_nothing_behind(
     assert!(kinds.iter().any(|k| k == "clone_failed"));
     // Every failed clone's row was replaced and any VM it left was destroyed: the folder
     // holds exactly the 15 desktops (checked by `converged`), and the failure count is back.
-    let (state, _) = pool_state(&db, "lab").await;
-    assert_eq!(state, PoolState::Ok);
+    let p = pool(&db, "lab").await;
+    assert_eq!(p.state, PoolState::Ok);
+    assert_eq!(
+        p.consecutive_failures, 0,
+        "the last clone succeeded, yet the failure count stayed"
+    );
+}
+
+/// README, clone faults: another fault raises the pool's `consecutive_failures` and backs
+/// off; a successful clone resets the count (no resume involved).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_successful_clone_resets_the_failure_count(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(VcsimOptions {
+        clone_fail_rate: 1.0,
+        ..sim_opts(&["lab"], 20)
+    })
+    .await;
+    create_pool(&db, &spec("lab", 2, 1)).await;
+    let mut cfg = config("a");
+    cfg.stop_after_failures = 0;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    let seen = eventually("two clone failures in a row", || async {
+        let p = pool(&db, "lab").await;
+        (p.consecutive_failures >= 2).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        seen.state,
+        PoolState::Ok,
+        "stop_after_failures = 0 never stops"
+    );
+    assert!(
+        seen.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("InsufficientResources")),
+        "{:?}",
+        seen.last_error
+    );
+    sim.set_config(serde_json::json!({"clone_fail_rate": 0.0}))
+        .await;
+    converged(&db, &sim, "lab", 2).await;
+    let p = pool(&db, "lab").await;
+    assert_eq!(p.consecutive_failures, 0, "a success must reset the count");
+    assert_eq!(p.state, PoolState::Ok);
 }
 
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
@@ -183,6 +229,8 @@ async fn stops_after_consecutive_failures_until_resumed(
         msg.contains("3 clone failures in a row") && msg.contains("resume"),
         "{msg}"
     );
+    // With one clone in flight the count stops exactly at the threshold.
+    assert_eq!(pool(&db, "lab").await.consecutive_failures, 3);
     let attempts = sim.stats().await.clone_requests;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -194,8 +242,11 @@ async fn stops_after_consecutive_failures_until_resumed(
     sim.set_config(serde_json::json!({"clone_fail_rate": 0.0}))
         .await;
     let mut c = db.acquire().await.unwrap();
-    pools::set_enabled(&mut c, "lab", true).await.unwrap();
+    let resumed = pools::set_enabled(&mut c, "lab", true).await.unwrap();
+    assert_eq!(resumed.consecutive_failures, 0, "resume clears the count");
     converged(&db, &sim, "lab", 4).await;
+    let p = pool(&db, "lab").await;
+    assert_eq!((p.state, p.consecutive_failures), (PoolState::Ok, 0));
     assert!(event_kinds(&db, "lab")
         .await
         .contains(&"provisioning_stopped".to_owned()));
@@ -242,17 +293,38 @@ async fn crash_at_random_moments_converges_exactly(
     let db = pool_opts.connect_with(opts.clone()).await.unwrap();
     let sim = Vcsim::start(sim_opts(&["lab"], 300)).await;
     create_pool(&db, &spec("lab", 16, 6)).await;
-    let mut rng = rand::thread_rng();
-    for round in 0..10 {
+    let seed: u64 = std::env::var("DESKPOOL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("crash test seed {seed} (set DESKPOOL_TEST_SEED={seed} to repeat)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut target = 16;
+    let mut hits = 0;
+    const ROUNDS: usize = 10;
+    for round in 0..ROUNDS {
         // A new replica id each time, as after a real restart; a short TTL keeps the test quick.
         let mut r = Replica::start(&opts, vec![vcenter(&sim)], config(&format!("r{round}")));
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..2500))).await;
-        r.crash();
-        if round % 3 == 1 {
-            // also change the target mid-crash-series
-            set_target(&db, "lab", rng.gen_range(8..20)).await;
+        // Give every round work to interrupt (the target grows), then kill while the harness
+        // reports clones running: the replica first waits for the old lease to run out.
+        target += rng.gen_range(2..5);
+        set_target(&db, "lab", target).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while sim.stats().await.clones_in_flight == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..100))).await;
+        let in_flight = sim.stats().await.clones_in_flight;
+        r.crash();
+        if in_flight > 0 {
+            hits += 1;
+        }
+        println!("round {round}: killed with {in_flight} clone(s) in flight (target {target})");
     }
+    assert!(
+        hits * 2 > ROUNDS,
+        "only {hits} of {ROUNDS} kills hit a clone in flight (seed {seed})"
+    );
     set_target(&db, "lab", 16).await;
     let _r = Replica::start(&opts, vec![vcenter(&sim)], config("final"));
     converged(&db, &sim, "lab", 16).await;
@@ -437,22 +509,184 @@ async fn a_vm_destroyed_by_hand_is_replaced_without_waiting_for_resync(
     converged(&db, &sim, "lab", 3).await;
 }
 
-/// vSphere refuses clones into a cluster without DRS unless they name a host (the harness
-/// does too): the pool still fills, every clone on the least loaded usable host.
+/// README, pool states: a paused pool is neither grown nor shrunk; resumed, it converges.
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
-async fn fills_a_pool_on_a_cluster_without_drs(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+async fn a_paused_pool_is_neither_grown_nor_shrunk(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
     let db = pool_opts.connect_with(opts.clone()).await.unwrap();
     let sim = Vcsim::start(sim_opts(&["lab"], 50)).await;
-    sim.set_cluster_drs("DC0_C0", false).await;
-    sim.set_host_state(
-        "DC0_C0_H0",
-        serde_json::json!({ "memory_mb": 100, "maintenance": true }),
-    )
-    .await;
-    create_pool(&db, &spec("lab", 3, 2)).await;
+    create_pool(&db, &spec("lab", 2, 2)).await;
     let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 2).await;
+    let mut c = db.acquire().await.unwrap();
+    pools::set_enabled(&mut c, "lab", false).await.unwrap();
+    let clones = sim.stats().await.clone_requests;
+    set_target(&db, "lab", 4).await;
+    // Several resync periods (2 s): a pass runs and must do nothing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        sim.stats().await.clone_requests,
+        clones,
+        "a paused pool grew"
+    );
+    assert_eq!(rows(&db, "lab").await.len(), 2);
+    set_target(&db, "lab", 1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(sim.vms(Some("lab")).await.len(), 2, "a paused pool shrank");
+    assert!(rows(&db, "lab")
+        .await
+        .iter()
+        .all(|d| d.state == DesktopState::Ready));
+    pools::set_enabled(&mut c, "lab", true).await.unwrap();
+    converged(&db, &sim, "lab", 1).await;
+}
+
+/// README, desktop lifecycle: with `power_on: false` a clone is ready without a power-on.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn power_on_false_leaves_desktops_off(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 50)).await;
+    let mut s = spec("lab", 3, 3);
+    s.power_on = false;
+    create_pool(&db, &s).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    eventually("three ready desktops", || async {
+        let r = rows(&db, "lab").await;
+        (r.len() == 3 && r.iter().all(|d| d.state == DesktopState::Ready)).then_some(())
+    })
+    .await;
+    let vms = sim.vms(Some("lab")).await;
+    assert_eq!(vms.len(), 3);
+    assert!(vms.iter().all(|v| v.power_state == "poweredOff"), "{vms:?}");
+    assert!(rows(&db, "lab").await.iter().all(|d| !d.powered_on));
+    assert_eq!(sim.stats().await.calls("PowerOnVM_Task"), 0);
+}
+
+/// README, command line: on SIGINT/SIGTERM serve releases the leader lease so a standby
+/// takes over at once. Released means expired in the database the moment the replica stops,
+/// whatever the TTL (an hour here, so only the release can explain a takeover).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_clean_stop_releases_the_lease(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 0)).await;
+    create_pool(&db, &spec("lab", 1, 1)).await;
+    let mut cfg = config("a");
+    cfg.lease_ttl = Duration::from_secs(3600);
+    let mut a = Replica::start(&opts, vec![vcenter(&sim)], cfg.clone());
+    converged(&db, &sim, "lab", 1).await;
+    assert_eq!(a.status.role(), Leadership::Leader);
+    let live: bool = sqlx::query_scalar("SELECT expires_at > now() FROM leases WHERE owner = 'a'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(live, "the leader's lease is not live");
+    a.stop().await;
+    let live: bool = sqlx::query_scalar("SELECT expires_at > now() FROM leases WHERE owner = 'a'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(!live, "a clean stop left the lease held for its TTL");
+    cfg.replica_id = "b".into();
+    let b = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    eventually("b to take the released lease", || async {
+        (b.status.role() == Leadership::Leader).then_some(())
+    })
+    .await;
+}
+
+/// README, PostgreSQL restarted: the `LISTEN` connection is re-established. Its backend is
+/// killed (pg_terminate_backend, as a restart does); with the resync an hour away, only a new
+/// LISTEN can deliver the next resize.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn listen_is_re_established_after_its_connection_dies(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 0)).await;
+    create_pool(&db, &spec("lab", 1, 3)).await;
+    let mut cfg = config("a");
+    cfg.resync_interval = Duration::from_secs(3600);
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    converged(&db, &sim, "lab", 1).await;
+    let listener_pid = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND query ILIKE 'listen%'",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap()
+    };
+    let old = eventually("the reconciler's LISTEN backend", listener_pid).await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(old)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(killed);
+    eventually("a new LISTEN backend", || async {
+        listener_pid().await.filter(|pid| *pid != old)
+    })
+    .await;
+    set_target(&db, "lab", 3).await;
     converged(&db, &sim, "lab", 3).await;
-    assert_eq!(sim.stats().await.clone_requests, 3, "no clone was refused");
+}
+
+/// README, two replicas: every reconciler write checks the fencing token, so a deposed
+/// leader cannot write even before it notices. The lease is taken over in the database
+/// behind the running leader's back (its TTL is an hour: it has no reason to look).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_deposed_leader_is_fenced_at_the_reconciler(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 0)).await;
+    create_pool(&db, &spec("lab", 1, 3)).await;
+    let mut cfg = config("a");
+    cfg.lease_ttl = Duration::from_secs(3600);
+    let a = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    converged(&db, &sim, "lab", 1).await;
+    assert_eq!(a.status.role(), Leadership::Leader);
+    let taken = sqlx::query(
+        "UPDATE leases SET owner = 'usurper', token = token + 1,
+             expires_at = now() + interval '1 hour'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    assert_eq!(taken.rows_affected(), 1);
+    let clones = sim.stats().await.clone_requests;
+    let reconciler_events = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE actor = 'reconciler'")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    let events = reconciler_events().await;
+    set_target(&db, "lab", 4).await; // NOTIFY wakes the old leader at once
+                                     // It may not notice it was deposed (its own renewal is 20 min away); what matters is
+                                     // that nothing it tries gets written or started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        rows(&db, "lab").await.len(),
+        1,
+        "a fenced leader wrote rows"
+    );
+    assert_eq!(
+        sim.stats().await.clone_requests,
+        clones,
+        "a fenced leader cloned"
+    );
+    assert_eq!(
+        reconciler_events().await,
+        events,
+        "a fenced leader wrote events"
+    );
 }
 
 /// A wrong vCenter password at startup: the replica keeps trying, but at most 6 logins a
@@ -475,4 +709,22 @@ async fn a_wrong_password_costs_at_most_6_logins_a_minute(
         "{logins} Login calls in a minute"
     );
     assert_eq!(sim.stats().await.clone_requests, 0);
+}
+
+/// vSphere refuses clones into a cluster without DRS unless they name a host (the harness
+/// does too): the pool still fills, every clone on the least loaded usable host.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn fills_a_pool_on_a_cluster_without_drs(pool_opts: PgPoolOptions, opts: PgConnectOptions) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"], 50)).await;
+    sim.set_cluster_drs("DC0_C0", false).await;
+    sim.set_host_state(
+        "DC0_C0_H0",
+        serde_json::json!({ "memory_mb": 100, "maintenance": true }),
+    )
+    .await;
+    create_pool(&db, &spec("lab", 3, 2)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 3).await;
+    assert_eq!(sim.stats().await.clone_requests, 3, "no clone was refused");
 }

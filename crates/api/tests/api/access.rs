@@ -236,3 +236,34 @@ async fn every_endpoint_and_role(db: PgPool) {
         }
     }
 }
+
+/// README, roles and troubleshooting: a revoked token is refused with 401 `unauthorized`,
+/// at once, while the other tokens keep working.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_revoked_token_is_refused(db: PgPool) {
+    let ctx = ctx(db).await;
+    let ok = call(&ctx.router, Method::GET, "/api/v1/pools")
+        .token(&ctx.viewer)
+        .send()
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let mut c = ctx.db.acquire().await.unwrap();
+    deskpool_store::tokens::revoke(&mut c, "vera-viewer")
+        .await
+        .unwrap();
+    drop(c);
+    let refused = call(&ctx.router, Method::GET, "/api/v1/pools")
+        .token(&ctx.viewer)
+        .send()
+        .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.error().0, "unauthorized");
+    assert!(refused
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Bearer")));
+    let other = call(&ctx.router, Method::GET, "/api/v1/pools")
+        .token(&ctx.admin)
+        .send()
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+}

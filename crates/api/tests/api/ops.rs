@@ -128,10 +128,8 @@ async fn metrics_show_pools_and_requests(db: PgPool) {
         .token(&ctx.viewer)
         .send()
         .await;
-    // What the reconciler records through the facade shows up with the configured buckets.
-    metrics::histogram!("deskpool_clone_duration_seconds", "pool" => "mlab").record(12.0);
-    metrics::counter!("deskpool_clone_failures_total", "pool" => "mlab", "kind" => "fault")
-        .increment(1);
+    // The reconciler's own metrics (clone duration, failures, passes) are checked against a
+    // real fill in crates/deskpool/tests/daemon.rs (a_real_fill_emits_the_reconcilers_metrics).
 
     let res = call(&ctx.router, Method::GET, "/metrics").send().await;
     assert_eq!(res.status, StatusCode::OK);
@@ -145,8 +143,6 @@ async fn metrics_show_pools_and_requests(db: PgPool) {
         "deskpool_desktops{pool=\"mlab\",state=\"failed\"} 0",
         "deskpool_pool_target{pool=\"mlab\"} 2",
         "deskpool_metrics_database_up 1",
-        "deskpool_clone_failures_total{pool=\"mlab\",kind=\"fault\"} 1",
-        "deskpool_clone_duration_seconds_bucket{pool=\"mlab\",le=\"20\"} 1",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }

@@ -169,6 +169,12 @@ pub async fn pool_state(db: &PgPool, pool: &str) -> (PoolState, Option<String>) 
     (p.state, p.last_error)
 }
 
+/// The pool's row (panics if it is gone).
+pub async fn pool(db: &PgPool, name: &str) -> pools::Pool {
+    let mut c = db.acquire().await.unwrap();
+    pools::get(&mut c, name).await.unwrap().unwrap()
+}
+
 pub async fn rows(db: &PgPool, pool: &str) -> Vec<desktops::Desktop> {
     let mut c = db.acquire().await.unwrap();
     let Some(p) = pools::get(&mut c, pool).await.unwrap() else {
