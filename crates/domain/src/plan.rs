@@ -243,7 +243,12 @@ mod tests {
             let mut world = ds;
             for _ in 0..200 {
                 let p = plan(&PlanInput { max_concurrent: conc, ..input(target, &world) });
-                if p.is_empty() && world.iter().all(|d| !d.state.is_provisioning()) {
+                // Settled only once no work is in flight: a desktop still `deleting` is
+                // removed by the step below, as its worker would.
+                let settled = world
+                    .iter()
+                    .all(|d| !d.state.is_provisioning() && d.state != DesktopState::Deleting);
+                if p.is_empty() && settled {
                     break;
                 }
                 world.retain(|d| !p.delete.contains(&d.id) && d.state != DesktopState::Deleting);
