@@ -180,9 +180,10 @@ async fn a_successful_clone_resets_the_failure_count(
     let mut cfg = config("a");
     cfg.stop_after_failures = 0;
     let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
-    let seen = eventually("two clone failures in a row", || async {
+    // The failure count is written with the failed clone, the note by the pass after it.
+    let seen = eventually("two clone failures in a row, shown on the pool", || async {
         let p = pool(&db, "lab").await;
-        (p.consecutive_failures >= 2).then_some(p)
+        (p.consecutive_failures >= 2 && p.last_error.is_some()).then_some(p)
     })
     .await;
     assert_eq!(
