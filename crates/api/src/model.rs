@@ -144,6 +144,8 @@ pub struct PoolList {
 #[serde(deny_unknown_fields)]
 pub struct Resize {
     /// New target size, within the pool's `min_size..=max_size`.
+    #[serde(deserialize_with = "deskpool_domain::integral::u32")]
+    #[schema(maximum = 10000)]
     pub target_size: u32,
 }
 

@@ -5,6 +5,7 @@
 //! Nothing here knows about HTTP, SQL or SOAP: every type is plain data, so the rules can be
 //! tested (and property-tested) in isolation.
 
+pub mod integral;
 mod naming;
 mod ownership;
 mod plan;
@@ -15,7 +16,7 @@ mod step;
 pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
 pub use plan::{plan, Plan, PlanDesktop, PlanInput};
-pub use spec::{is_slug, GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
+pub use spec::{is_slug, patterns, GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
 pub use state::{DesktopState, EventKind, PoolState, UnknownState};
 pub use step::{next_step, Failure, FaultClass, Lookup, NameHolder, Report, Step, StepDesktop};
 
