@@ -34,7 +34,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
-        deskpool_domain::PoolSpec, deskpool_domain::GuestOs,
+        deskpool_domain::PoolSpec, deskpool_domain::GuestOs, deskpool_domain::OnRelease,
         model::PoolView, model::PoolStatus, model::PoolStateView, model::PoolList, model::Resize,
         model::DesktopView, model::DesktopStateView, model::DesktopPage,
         model::EventView, model::EventPage,

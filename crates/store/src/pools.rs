@@ -1,7 +1,7 @@
 //! Pools: the admin's spec plus the reconciler's status.
 
 use chrono::{DateTime, Utc};
-use deskpool_domain::{GuestOs, PoolSpec, PoolState};
+use deskpool_domain::{GuestOs, OnRelease, PoolSpec, PoolState};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -77,6 +77,9 @@ struct PoolRow {
     power_on: bool,
     max_concurrent_clones: i32,
     enabled: bool,
+    min_spare: i32,
+    claim_lease_secs: i32,
+    on_release: String,
     state: String,
     last_error: Option<String>,
     consecutive_failures: i32,
@@ -96,6 +99,16 @@ impl TryFrom<PoolRow> for Pool {
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "pool {}: guest_os '{other}'",
+                    r.name
+                )))
+            }
+        };
+        let on_release = match r.on_release.as_str() {
+            "delete" => OnRelease::Delete,
+            "keep" => OnRelease::Keep,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "pool {}: on_release '{other}'",
                     r.name
                 )))
             }
@@ -124,6 +137,9 @@ impl TryFrom<PoolRow> for Pool {
                 power_on: r.power_on,
                 max_concurrent_clones: to_u32(r.max_concurrent_clones),
                 enabled: r.enabled,
+                min_spare: to_u32(r.min_spare),
+                claim_lease_secs: to_u32(r.claim_lease_secs),
+                on_release,
             },
             state,
             last_error: r.last_error,
@@ -145,7 +161,7 @@ fn guest_os_str(g: GuestOs) -> &'static str {
 
 type PoolQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, PoolRow, sqlx::postgres::PgArguments>;
 
-/// Binds the spec's fields from `vcenter` to `enabled`, in column order (shared by insert and
+/// Binds the spec's fields from `vcenter` to `on_release`, in column order (shared by insert and
 /// update, whose statements list them in the same order).
 fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
     query
@@ -165,6 +181,9 @@ fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
         .bind(spec.power_on)
         .bind(to_i32(spec.max_concurrent_clones))
         .bind(spec.enabled)
+        .bind(to_i32(spec.min_spare))
+        .bind(to_i32(spec.claim_lease_secs))
+        .bind(spec.on_release.as_str())
 }
 
 fn not_found(name: &str) -> StoreError {
@@ -180,8 +199,9 @@ pub async fn insert(conn: &mut PgConnection, spec: &PoolSpec) -> Result<Pool, St
     let query = sqlx::query_as(
         "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
              datastore, customization_spec, naming_pattern, guest_os, target_size, min_size, max_size,
-             power_on, max_concurrent_clones, enabled)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             power_on, max_concurrent_clones, enabled, min_spare, claim_lease_secs, on_release)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+             $19, $20, $21)
          RETURNING *",
     )
     .bind(Uuid::new_v4())
@@ -310,7 +330,8 @@ pub async fn update_spec(
         "UPDATE pools SET vcenter = $2, datacenter = $3, golden_vm = $4, snapshot = $5, folder = $6,
              resource_pool = $7, datastore = $8, customization_spec = $9, naming_pattern = $10,
              guest_os = $11, target_size = $12, min_size = $13, max_size = $14, power_on = $15,
-             max_concurrent_clones = $16, enabled = $17,
+             max_concurrent_clones = $16, enabled = $17, min_spare = $18, claim_lease_secs = $19,
+             on_release = $20,
              state = CASE WHEN state = 'error' THEN 'ok' ELSE state END,
              last_error = CASE WHEN state = 'error' THEN NULL ELSE last_error END,
              snapshot_moref = CASE WHEN snapshot = $5 AND golden_vm = $4 AND vcenter = $2

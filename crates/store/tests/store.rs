@@ -30,6 +30,9 @@ fn spec(name: &str) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: 8,
         enabled: true,
+        min_spare: 0,
+        claim_lease_secs: 86_400,
+        on_release: deskpool_domain::OnRelease::Delete,
     }
 }
 

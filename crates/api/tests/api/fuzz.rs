@@ -46,6 +46,9 @@ const KEYS: &[&str] = &[
     "power_on",
     "max_concurrent_clones",
     "enabled",
+    "min_spare",
+    "claim_lease_secs",
+    "on_release",
     "bogus",
 ];
 
