@@ -41,12 +41,21 @@ pub struct PoolCounts {
     pub failed: u32,
     /// Desktops in `deleting`.
     pub deleting: u32,
+    /// Desktops a user holds (whatever their state; normally `ready`).
+    pub claimed: u32,
+    /// Desktops `ready` and unclaimed: what the next claim can get.
+    pub spare: u32,
 }
 
 impl PoolCounts {
-    /// Adds `n` desktops in the state named `state` (as stored).
-    fn add(&mut self, state: &str, n: i64) {
+    /// Adds `n` desktops in the state named `state` (as stored), claimed or not.
+    fn add(&mut self, state: &str, claimed: bool, n: i64) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if claimed {
+            self.claimed = self.claimed.saturating_add(n);
+        } else if state == "ready" {
+            self.spare = self.spare.saturating_add(n);
+        }
         let bucket = match state {
             "ready" => &mut self.ready,
             "failed" => &mut self.failed,
@@ -248,29 +257,33 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Pool>, StoreError> {
 pub async fn counts(
     conn: &mut PgConnection,
 ) -> Result<std::collections::HashMap<Uuid, PoolCounts>, StoreError> {
-    let rows: Vec<(Uuid, String, i64)> =
-        sqlx::query_as("SELECT pool_id, state, count(*) FROM desktops GROUP BY pool_id, state")
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(Uuid, String, bool, i64)> = sqlx::query_as(
+        "SELECT pool_id, state, claimed_by IS NOT NULL, count(*) FROM desktops
+         GROUP BY pool_id, state, 3",
+    )
+    .fetch_all(conn)
+    .await?;
     let mut out = std::collections::HashMap::new();
-    for (pool, state, n) in rows {
+    for (pool, state, claimed, n) in rows {
         out.entry(pool)
             .or_insert_with(PoolCounts::default)
-            .add(&state, n);
+            .add(&state, claimed, n);
     }
     Ok(out)
 }
 
 /// Desktop counts of one pool (an index scan of that pool's desktops only).
 pub async fn counts_for(conn: &mut PgConnection, pool: Uuid) -> Result<PoolCounts, StoreError> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM desktops WHERE pool_id = $1 GROUP BY state")
-            .bind(pool)
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT state, claimed_by IS NOT NULL, count(*) FROM desktops WHERE pool_id = $1
+         GROUP BY state, 2",
+    )
+    .bind(pool)
+    .fetch_all(conn)
+    .await?;
     let mut out = PoolCounts::default();
-    for (state, n) in rows {
-        out.add(&state, n);
+    for (state, claimed, n) in rows {
+        out.add(&state, claimed, n);
     }
     Ok(out)
 }
@@ -359,6 +372,35 @@ pub async fn set_target(
 /// and returns it; `NotFound` if there is none.
 pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<Pool, StoreError> {
     lock_checked(conn, name, None).await
+}
+
+/// Locks pool `name`'s row in share mode for the rest of the caller's transaction (claims take
+/// it, so a pool deletion, which locks it for update, waits for claims under way and sees
+/// them) and returns it; None if there is none.
+pub async fn lock_shared(conn: &mut PgConnection, name: &str) -> Result<Option<Pool>, StoreError> {
+    let row: Option<PoolRow> = sqlx::query_as("SELECT * FROM pools WHERE name = $1 FOR SHARE")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Pool::try_from).transpose()
+}
+
+/// Sets the number of spare desktops (the database re-checks `min_spare <= max_size`), for a
+/// caller that holds the row lock ([`lock`]).
+pub async fn set_min_spare_locked(
+    conn: &mut PgConnection,
+    name: &str,
+    min_spare: u32,
+) -> Result<Pool, StoreError> {
+    let row: PoolRow = sqlx::query_as(
+        "UPDATE pools SET min_spare = $2, version = version + 1, updated_at = now()
+         WHERE name = $1 RETURNING *",
+    )
+    .bind(name)
+    .bind(to_i32(min_spare))
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
 }
 
 /// [`set_target`] for a caller that already holds the row lock ([`lock`]) and checked the
