@@ -164,10 +164,8 @@ pub(crate) async fn claim(
         },
     )
     .await?;
-    // The pool's desired size grows with its claims (min_spare): wake the reconciler.
-    if pool.spec.min_spare > 0 && !got.renewed {
-        deskpool_store::notify_pool(&mut tx, &name).await?;
-    }
+    // The reconciler arms the pool's lease timer (and grows the pool by its min_spare).
+    deskpool_store::notify_pool(&mut tx, &name).await?;
     let counts = pools::counts_for(&mut tx, pool.id).await?;
     tx.commit().await?;
     count(&name, if got.renewed { "renewed" } else { "claimed" });
