@@ -81,9 +81,10 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
         let mut conn = state.db.acquire().await?;
         let all = pools::list(&mut conn).await?;
         let counts = desktops::counts_by_state(&mut conn).await?;
-        Ok::<_, deskpool_store::StoreError>((all, counts))
+        let by_pool = pools::counts(&mut conn).await?;
+        Ok::<_, deskpool_store::StoreError>((all, counts, by_pool))
     };
-    let (all, counts) = match tokio::time::timeout(DB_DEADLINE, read).await {
+    let (all, counts, by_pool) = match tokio::time::timeout(DB_DEADLINE, read).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("timed out".to_owned()),
@@ -104,6 +105,26 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
                 escape(&p.spec.name)
             );
         }
+    }
+    out.push_str("# HELP deskpool_desktops_claimed Desktops held by users, by pool.\n# TYPE deskpool_desktops_claimed gauge\n");
+    for p in &all {
+        let c = by_pool.get(&p.id).copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "deskpool_desktops_claimed{{pool=\"{}\"}} {}",
+            escape(&p.spec.name),
+            c.claimed
+        );
+    }
+    out.push_str("# HELP deskpool_desktops_spare Ready desktops nobody holds, by pool.\n# TYPE deskpool_desktops_spare gauge\n");
+    for p in &all {
+        let c = by_pool.get(&p.id).copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "deskpool_desktops_spare{{pool=\"{}\"}} {}",
+            escape(&p.spec.name),
+            c.spare
+        );
     }
     out.push_str("# HELP deskpool_pool_target Target size of each pool.\n# TYPE deskpool_pool_target gauge\n");
     for p in &all {

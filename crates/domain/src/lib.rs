@@ -15,8 +15,11 @@ mod step;
 
 pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
-pub use plan::{plan, Plan, PlanDesktop, PlanInput};
-pub use spec::{is_slug, patterns, GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
+pub use plan::{desired_size, plan, Plan, PlanDesktop, PlanInput};
+pub use spec::{
+    check_lease_secs, is_slug, patterns, GuestOs, OnRelease, PoolSpec, SpecError,
+    DEFAULT_CLAIM_LEASE_SECS, MAX_CLAIM_LEASE_SECS, MIN_CLAIM_LEASE_SECS, WINDOWS_NAME_LIMIT,
+};
 pub use state::{DesktopState, EventKind, PoolState, UnknownState};
 pub use step::{next_step, Failure, FaultClass, Lookup, NameHolder, Report, Step, StepDesktop};
 

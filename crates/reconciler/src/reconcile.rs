@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deskpool_domain::{plan, DesktopState, EventKind, PlanDesktop, PlanInput, PoolState};
+use deskpool_domain::{
+    desired_size, plan, DesktopState, EventKind, PlanDesktop, PlanInput, PoolState,
+};
 use deskpool_store::desktops::{self, Desktop, NewDesktop};
 use deskpool_store::pools::{self, Pool};
 use deskpool_store::StoreError;
@@ -18,6 +20,7 @@ use crate::compare;
 use crate::conditions::{note, set_condition};
 use crate::context::{Ctx, WorkerKind};
 use crate::inventory::{self, Inventory, ResolveError};
+use crate::leases;
 use crate::policy::error_policy;
 use crate::scheduler::{Action, Inputs};
 use crate::steps;
@@ -39,8 +42,41 @@ fn next_look(ctx: &Ctx, pool: &str, wanted: Action) -> Action {
     }
 }
 
-/// Runs one pass over `pool` and `rows` (its desktops, by index).
+/// The pool's desired size now ([`desired_size`] of its spec and claimed desktops; 0 when
+/// the pool is being deleted).
+fn desired_for(pool: &Pool, rows: &[Desktop]) -> u32 {
+    if pool.state == PoolState::Deleting {
+        return 0;
+    }
+    let claimed = rows
+        .iter()
+        .filter(|d| d.claimed_by.is_some() && d.state.counts_toward_size())
+        .count() as u32;
+    desired_size(
+        pool.spec.target_size,
+        pool.spec.min_spare,
+        pool.spec.max_size,
+        claimed,
+    )
+}
+
+/// Runs one pass over `pool` and `rows` (its desktops, by index): first ends the claims whose
+/// lease ran out (a database matter, done whatever vCenter's state), then the pass proper; the
+/// pool is looked at again by the time the earliest remaining lease runs out.
 pub(crate) async fn reconcile(
+    pool: Pool,
+    mut rows: Vec<Desktop>,
+    inputs: Inputs,
+    ctx: &Arc<Ctx>,
+) -> Result<Action, Error> {
+    leases::expire_due(ctx, &pool, &mut rows).await?;
+    let next_lease_end = leases::earliest(&rows);
+    let action = pass(pool, rows, inputs, ctx).await?;
+    Ok(leases::with_lease_timer(action, next_lease_end))
+}
+
+/// The pass proper over `pool` and `rows`.
+async fn pass(
     pool: Pool,
     mut rows: Vec<Desktop>,
     inputs: Inputs,
@@ -77,10 +113,10 @@ pub(crate) async fn reconcile(
     }
 
     let counted = rows.iter().filter(|d| d.state.counts_toward_size()).count() as u32;
+    let desired = desired_for(&pool, &rows);
     let active = !deleting && pool.spec.enabled && pool.state == PoolState::Ok;
     let backing_off = ctx.scheduler.backoff_until(&name).is_some();
-    let wants_clones =
-        counted < pool.spec.target_size || rows.iter().any(|d| d.state == DesktopState::Pending);
+    let wants_clones = counted < desired || rows.iter().any(|d| d.state == DesktopState::Pending);
     let mut problem = None;
     let inventory = if active && wants_clones && !backing_off {
         let cache_key = (
@@ -124,11 +160,14 @@ pub(crate) async fn reconcile(
             index: d.index,
             state: d.state,
             powered_on: d.powered_on,
+            claimed: d.claimed_by.is_some(),
         })
         .collect();
     let global_slots = vc.permits.available_permits() as u32;
     let planned = plan(&PlanInput {
         target: if deleting { 0 } else { pool.spec.target_size },
+        min_spare: if deleting { 0 } else { pool.spec.min_spare },
+        max_size: pool.spec.max_size,
         may_create: inventory.is_some(),
         may_delete: deleting || pool.spec.enabled,
         max_concurrent: pool.spec.max_concurrent_clones,
@@ -137,7 +176,7 @@ pub(crate) async fn reconcile(
         desktops: &views,
     });
     let created = planned.create.len() as u32;
-    if inventory.is_some() && counted + created < pool.spec.target_size && created >= global_slots {
+    if inventory.is_some() && counted + created < desired && created >= global_slots {
         // The vCenter-wide bound held this pool back: a freed slot must wake it.
         ctx.scheduler.wait_for_slot(&name, &vc);
     }
@@ -264,10 +303,12 @@ async fn record_plan(
         }
         tracing::info!(pool = %name, count = planned.create.len(), target = pool.spec.target_size, "provisioning new desktops");
     }
+    // A desktop claimed since the pass read its rows is kept: the claim wins.
+    let mut removed = Vec::new();
     if !planned.delete.is_empty() {
-        desktops::mark_deleting(&mut tx, &planned.delete).await?;
+        removed = desktops::mark_deleting_unclaimed(&mut tx, &planned.delete).await?;
         let by_id: HashMap<Uuid, &Desktop> = rows.iter().map(|d| (d.id, d)).collect();
-        for id in &planned.delete {
+        for id in &removed {
             let Some(d) = by_id.get(id) else { continue };
             let why = if pool.state == PoolState::Deleting {
                 "the pool is being deleted".to_owned()
@@ -277,7 +318,7 @@ async fn record_plan(
                     d.last_error.as_deref().unwrap_or("no detail")
                 )
             } else {
-                format!("scaling down to {}", pool.spec.target_size)
+                format!("scaling down to {}", desired_for(pool, rows))
             };
             ctx.event(
                 &mut tx,
@@ -290,7 +331,7 @@ async fn record_plan(
         }
     }
     tx.commit().await?;
-    for d in rows.iter_mut().filter(|d| planned.delete.contains(&d.id)) {
+    for d in rows.iter_mut().filter(|d| removed.contains(&d.id)) {
         d.state = DesktopState::Deleting;
     }
     for d in fresh {

@@ -1,7 +1,7 @@
 //! Pools: the admin's spec plus the reconciler's status.
 
 use chrono::{DateTime, Utc};
-use deskpool_domain::{GuestOs, PoolSpec, PoolState};
+use deskpool_domain::{GuestOs, OnRelease, PoolSpec, PoolState};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -41,12 +41,21 @@ pub struct PoolCounts {
     pub failed: u32,
     /// Desktops in `deleting`.
     pub deleting: u32,
+    /// Desktops a user holds (whatever their state; normally `ready`).
+    pub claimed: u32,
+    /// Desktops `ready` and unclaimed: what the next claim can get.
+    pub spare: u32,
 }
 
 impl PoolCounts {
-    /// Adds `n` desktops in the state named `state` (as stored).
-    fn add(&mut self, state: &str, n: i64) {
+    /// Adds `n` desktops in the state named `state` (as stored), claimed or not.
+    fn add(&mut self, state: &str, claimed: bool, n: i64) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if claimed {
+            self.claimed = self.claimed.saturating_add(n);
+        } else if state == "ready" {
+            self.spare = self.spare.saturating_add(n);
+        }
         let bucket = match state {
             "ready" => &mut self.ready,
             "failed" => &mut self.failed,
@@ -77,6 +86,9 @@ struct PoolRow {
     power_on: bool,
     max_concurrent_clones: i32,
     enabled: bool,
+    min_spare: i32,
+    claim_lease_secs: i32,
+    on_release: String,
     state: String,
     last_error: Option<String>,
     consecutive_failures: i32,
@@ -96,6 +108,16 @@ impl TryFrom<PoolRow> for Pool {
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "pool {}: guest_os '{other}'",
+                    r.name
+                )))
+            }
+        };
+        let on_release = match r.on_release.as_str() {
+            "delete" => OnRelease::Delete,
+            "keep" => OnRelease::Keep,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "pool {}: on_release '{other}'",
                     r.name
                 )))
             }
@@ -124,6 +146,9 @@ impl TryFrom<PoolRow> for Pool {
                 power_on: r.power_on,
                 max_concurrent_clones: to_u32(r.max_concurrent_clones),
                 enabled: r.enabled,
+                min_spare: to_u32(r.min_spare),
+                claim_lease_secs: to_u32(r.claim_lease_secs),
+                on_release,
             },
             state,
             last_error: r.last_error,
@@ -145,7 +170,7 @@ fn guest_os_str(g: GuestOs) -> &'static str {
 
 type PoolQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, PoolRow, sqlx::postgres::PgArguments>;
 
-/// Binds the spec's fields from `vcenter` to `enabled`, in column order (shared by insert and
+/// Binds the spec's fields from `vcenter` to `on_release`, in column order (shared by insert and
 /// update, whose statements list them in the same order).
 fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
     query
@@ -165,6 +190,9 @@ fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
         .bind(spec.power_on)
         .bind(to_i32(spec.max_concurrent_clones))
         .bind(spec.enabled)
+        .bind(to_i32(spec.min_spare))
+        .bind(to_i32(spec.claim_lease_secs))
+        .bind(spec.on_release.as_str())
 }
 
 fn not_found(name: &str) -> StoreError {
@@ -180,8 +208,9 @@ pub async fn insert(conn: &mut PgConnection, spec: &PoolSpec) -> Result<Pool, St
     let query = sqlx::query_as(
         "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
              datastore, customization_spec, naming_pattern, guest_os, target_size, min_size, max_size,
-             power_on, max_concurrent_clones, enabled)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             power_on, max_concurrent_clones, enabled, min_spare, claim_lease_secs, on_release)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+             $19, $20, $21)
          RETURNING *",
     )
     .bind(Uuid::new_v4())
@@ -228,29 +257,33 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Pool>, StoreError> {
 pub async fn counts(
     conn: &mut PgConnection,
 ) -> Result<std::collections::HashMap<Uuid, PoolCounts>, StoreError> {
-    let rows: Vec<(Uuid, String, i64)> =
-        sqlx::query_as("SELECT pool_id, state, count(*) FROM desktops GROUP BY pool_id, state")
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(Uuid, String, bool, i64)> = sqlx::query_as(
+        "SELECT pool_id, state, claimed_by IS NOT NULL, count(*) FROM desktops
+         GROUP BY pool_id, state, 3",
+    )
+    .fetch_all(conn)
+    .await?;
     let mut out = std::collections::HashMap::new();
-    for (pool, state, n) in rows {
+    for (pool, state, claimed, n) in rows {
         out.entry(pool)
             .or_insert_with(PoolCounts::default)
-            .add(&state, n);
+            .add(&state, claimed, n);
     }
     Ok(out)
 }
 
 /// Desktop counts of one pool (an index scan of that pool's desktops only).
 pub async fn counts_for(conn: &mut PgConnection, pool: Uuid) -> Result<PoolCounts, StoreError> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM desktops WHERE pool_id = $1 GROUP BY state")
-            .bind(pool)
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT state, claimed_by IS NOT NULL, count(*) FROM desktops WHERE pool_id = $1
+         GROUP BY state, 2",
+    )
+    .bind(pool)
+    .fetch_all(conn)
+    .await?;
     let mut out = PoolCounts::default();
-    for (state, n) in rows {
-        out.add(&state, n);
+    for (state, claimed, n) in rows {
+        out.add(&state, claimed, n);
     }
     Ok(out)
 }
@@ -310,7 +343,8 @@ pub async fn update_spec(
         "UPDATE pools SET vcenter = $2, datacenter = $3, golden_vm = $4, snapshot = $5, folder = $6,
              resource_pool = $7, datastore = $8, customization_spec = $9, naming_pattern = $10,
              guest_os = $11, target_size = $12, min_size = $13, max_size = $14, power_on = $15,
-             max_concurrent_clones = $16, enabled = $17,
+             max_concurrent_clones = $16, enabled = $17, min_spare = $18, claim_lease_secs = $19,
+             on_release = $20,
              state = CASE WHEN state = 'error' THEN 'ok' ELSE state END,
              last_error = CASE WHEN state = 'error' THEN NULL ELSE last_error END,
              snapshot_moref = CASE WHEN snapshot = $5 AND golden_vm = $4 AND vcenter = $2
@@ -338,6 +372,35 @@ pub async fn set_target(
 /// and returns it; `NotFound` if there is none.
 pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<Pool, StoreError> {
     lock_checked(conn, name, None).await
+}
+
+/// Locks pool `name`'s row in share mode for the rest of the caller's transaction (claims take
+/// it, so a pool deletion, which locks it for update, waits for claims under way and sees
+/// them) and returns it; None if there is none.
+pub async fn lock_shared(conn: &mut PgConnection, name: &str) -> Result<Option<Pool>, StoreError> {
+    let row: Option<PoolRow> = sqlx::query_as("SELECT * FROM pools WHERE name = $1 FOR SHARE")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Pool::try_from).transpose()
+}
+
+/// Sets the number of spare desktops (the database re-checks `min_spare <= max_size`), for a
+/// caller that holds the row lock ([`lock`]).
+pub async fn set_min_spare_locked(
+    conn: &mut PgConnection,
+    name: &str,
+    min_spare: u32,
+) -> Result<Pool, StoreError> {
+    let row: PoolRow = sqlx::query_as(
+        "UPDATE pools SET min_spare = $2, version = version + 1, updated_at = now()
+         WHERE name = $1 RETURNING *",
+    )
+    .bind(name)
+    .bind(to_i32(min_spare))
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
 }
 
 /// [`set_target`] for a caller that already holds the row lock ([`lock`]) and checked the

@@ -25,6 +25,9 @@ fn spec(name: &str) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: 8,
         enabled: true,
+        min_spare: 0,
+        claim_lease_secs: 86_400,
+        on_release: deskpool_domain::OnRelease::Delete,
     }
 }
 
@@ -96,18 +99,26 @@ async fn upgrade_records_existing_desktops(db: PgPool) {
     for m in &before {
         sqlx::raw_sql(&m.sql).execute(&mut *c).await.unwrap();
     }
-    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
-    let uuid = Uuid::new_v4();
-    desktops::insert_pending(
-        &mut c,
-        &NewDesktop {
-            pool_id: p.id,
-            name: "lab-001",
-            index: 1,
-            instance_uuid: uuid,
-            snapshot_moref: "snapshot-1",
-        },
+    // Rows written as the older schema had them: today's store expects today's columns.
+    let pool_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder,
+             resource_pool, naming_pattern, target_size, max_size)
+         VALUES ($1, 'lab', 'vc1', 'DC0', 'golden', 'current', 'lab', 'DC0_C0', 'lab-{n:3}', 1, 10)",
     )
+    .bind(pool_id)
+    .execute(&mut *c)
+    .await
+    .unwrap();
+    let uuid = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO desktops (id, pool_id, name, idx, instance_uuid, state, snapshot_moref)
+         VALUES ($1, $2, 'lab-001', 1, $3, 'pending', 'snapshot-1')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(pool_id)
+    .bind(uuid)
+    .execute(&mut *c)
     .await
     .unwrap();
     for m in &rest {

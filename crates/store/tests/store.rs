@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use deskpool_domain::{DesktopState, EventKind, GuestOs, PoolSpec, PoolState};
+use deskpool_domain::{DesktopState, EventKind, GuestOs, OnRelease, PoolSpec, PoolState};
 use deskpool_store::desktops::{self, NewDesktop, Progress};
 use deskpool_store::pools::{self, Status};
 use deskpool_store::tokens::{self, Role};
-use deskpool_store::{events, lease, StoreError};
+use deskpool_store::{claims, events, lease, StoreError};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -30,6 +30,9 @@ fn spec(name: &str) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: 8,
         enabled: true,
+        min_spare: 0,
+        claim_lease_secs: 86_400,
+        on_release: deskpool_domain::OnRelease::Delete,
     }
 }
 
@@ -755,4 +758,226 @@ async fn spec_changes_notify_listeners(db: PgPool) {
         .unwrap()
         .unwrap();
     assert_eq!(n.payload(), "other");
+}
+
+/// `n` ready, powered-on desktops in pool `p` (named `<pool>-001`...).
+async fn ready_desktops(c: &mut sqlx::PgConnection, p: &pools::Pool, n: u32) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in 1..=n {
+        let d = desktops::insert_pending(
+            c,
+            &NewDesktop {
+                pool_id: p.id,
+                name: &format!("{}-{i:03}", p.spec.name),
+                index: i,
+                instance_uuid: Uuid::new_v4(),
+                snapshot_moref: "s",
+            },
+        )
+        .await
+        .unwrap();
+        desktops::set_progress(c, d.id, &Progress::powered_on())
+            .await
+            .unwrap();
+        ids.push(d.id);
+    }
+    ids
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn claims_hand_out_distinct_desktops_and_renew_for_the_same_user(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    ready_desktops(&mut c, &p, 2).await;
+    let alice = claims::claim(&mut c, p.id, "alice", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!alice.renewed);
+    assert!(alice.earliest_lease, "the pool's only claim");
+    assert_eq!(alice.desktop.claimed_by.as_deref(), Some("alice"));
+    let first_lease = alice.desktop.lease_expires_at.unwrap();
+    assert!(first_lease > alice.desktop.claimed_at.unwrap());
+    let again = claims::claim(&mut c, p.id, "alice", 3600)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.renewed);
+    assert_eq!(again.desktop.id, alice.desktop.id, "same desktop back");
+    assert!(
+        again.desktop.lease_expires_at.unwrap() > first_lease,
+        "lease extended"
+    );
+    assert_eq!(again.desktop.claimed_at, alice.desktop.claimed_at);
+    let bob = claims::claim(&mut c, p.id, "bob", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(bob.desktop.id, alice.desktop.id);
+    assert!(claims::claim(&mut c, p.id, "carol", 60)
+        .await
+        .unwrap()
+        .is_none());
+    let counts = pools::counts_for(&mut c, p.id).await.unwrap();
+    assert_eq!((counts.ready, counts.claimed, counts.spare), (2, 2, 0));
+    assert_eq!(claims::claimed_count(&mut c, p.id).await.unwrap(), 2);
+    assert_eq!(
+        claims::claimed_by_pool(&mut c).await.unwrap(),
+        vec![("lab".to_owned(), 2)]
+    );
+    // A provisioning desktop is not claimable.
+    desktops::insert_pending(
+        &mut c,
+        &NewDesktop {
+            pool_id: p.id,
+            name: "lab-003",
+            index: 3,
+            instance_uuid: Uuid::new_v4(),
+            snapshot_moref: "s",
+        },
+    )
+    .await
+    .unwrap();
+    assert!(claims::claim(&mut c, p.id, "carol", 60)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn concurrent_claims_never_share_a_desktop(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    ready_desktops(&mut c, &p, 5).await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let db = db.clone();
+        let pool = p.id;
+        tasks.push(tokio::spawn(async move {
+            let mut c = db.acquire().await.unwrap();
+            claims::claim(&mut c, pool, &format!("user{i}"), 60)
+                .await
+                .unwrap()
+                .map(|cl| cl.desktop.id)
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.extend(t.await.unwrap());
+    }
+    assert_eq!(got.len(), 5);
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 5, "no desktop handed out twice");
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn release_applies_on_release_and_expiry_releases(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    let ids = ready_desktops(&mut c, &p, 3).await;
+    let a = claims::claim(&mut c, p.id, "alice", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = claims::release(&mut c, a.desktop.id, OnRelease::Keep)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.user, "alice");
+    assert_eq!(kept.desktop.state, DesktopState::Ready);
+    assert_eq!(
+        (
+            kept.desktop.claimed_by,
+            kept.desktop.claimed_at,
+            kept.desktop.lease_expires_at
+        ),
+        (None, None, None)
+    );
+    assert!(
+        claims::release(&mut c, a.desktop.id, OnRelease::Keep)
+            .await
+            .unwrap()
+            .is_none(),
+        "releasing an unclaimed desktop does nothing"
+    );
+    let b = claims::claim(&mut c, p.id, "bob", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    let gone = claims::release(&mut c, b.desktop.id, OnRelease::Delete)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.desktop.state, DesktopState::Deleting);
+    // Expiry: a lease already over (set back by hand) is released with the pool's policy.
+    let carol = claims::claim(&mut c, p.id, "carol", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    let dave = claims::claim(&mut c, p.id, "dave", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(claims::expire(&mut c, p.id).await.unwrap().is_empty());
+    sqlx::query("UPDATE desktops SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(carol.desktop.id)
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    let expired = claims::expire(&mut c, p.id).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].user, "carol");
+    assert_eq!(
+        expired[0].desktop.state,
+        DesktopState::Deleting,
+        "on_release delete"
+    );
+    let still = desktops::get(&mut c, dave.desktop.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.claimed_by.as_deref(), Some("dave"));
+    // Forced removal ends the claim; dropping all ends the rest.
+    let (removed, user) = claims::force_remove(&mut c, dave.desktop.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.as_deref(), Some("dave"));
+    assert_eq!(
+        (removed.state, removed.claimed_by),
+        (DesktopState::Deleting, None)
+    );
+    assert!(ids.contains(&removed.id));
+    let e = claims::claim(&mut c, p.id, "erin", 60).await.unwrap();
+    assert!(
+        e.is_none()
+            || e.as_ref()
+                .is_some_and(|e| e.desktop.state == DesktopState::Ready)
+    );
+    let dropped = claims::drop_all(&mut c, p.id).await.unwrap();
+    assert_eq!(dropped.len(), usize::from(e.is_some()));
+    assert_eq!(claims::claimed_count(&mut c, p.id).await.unwrap(), 0);
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn spare_and_lease_settings_round_trip(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let mut s = spec("lab");
+    s.min_spare = 3;
+    s.claim_lease_secs = 600;
+    s.on_release = OnRelease::Keep;
+    let p = pools::insert(&mut c, &s).await.unwrap();
+    assert_eq!(p.spec, s);
+    let p = pools::set_min_spare_locked(&mut c, "lab", 4).await.unwrap();
+    assert_eq!(p.spec.min_spare, 4);
+    let e = pools::set_min_spare_locked(&mut c, "lab", 11)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Invalid { ref constraint, .. } if constraint == "pools_min_spare_bound"),
+        "{e:?}"
+    );
+    assert!(pools::lock_shared(&mut c, "lab").await.unwrap().is_some());
+    assert!(pools::lock_shared(&mut c, "nope").await.unwrap().is_none());
 }

@@ -140,6 +140,9 @@ pub async fn create_pool(db: &PgPool, name: &str, target: u32) {
         power_on: true,
         max_concurrent_clones: 4,
         enabled: true,
+        min_spare: 0,
+        claim_lease_secs: 86_400,
+        on_release: deskpool_domain::OnRelease::Delete,
     };
     let mut c = db.acquire().await.unwrap();
     deskpool_store::pools::insert(&mut c, &spec).await.unwrap();

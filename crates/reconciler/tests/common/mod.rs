@@ -64,6 +64,9 @@ pub fn spec(name: &str, target: u32, concurrency: u32) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: concurrency,
         enabled: true,
+        min_spare: 0,
+        claim_lease_secs: 86_400,
+        on_release: deskpool_domain::OnRelease::Delete,
     }
 }
 
