@@ -210,7 +210,14 @@ func (h *harness) poweredOff(ref types.ManagedObjectReference) {
 	h.mu.Lock()
 	h.guest.gen[ref]++
 	h.mu.Unlock()
-	h.setGuest(vm, string(types.VirtualMachineToolsRunningStatusGuestToolsNotRunning), "notRunning", "")
+	up := false
+	simulator.Map.WithLock(vm, func() {
+		up = vm.Guest != nil && (vm.Guest.IpAddress != "" ||
+			vm.Guest.ToolsRunningStatus == string(types.VirtualMachineToolsRunningStatusGuestToolsRunning))
+	})
+	if up { // no change to report for a guest that never came up
+		h.setGuest(vm, string(types.VirtualMachineToolsRunningStatusGuestToolsNotRunning), "notRunning", "")
+	}
 }
 
 // setGuest reports Tools' status and the guest's address ("" = none) through the registry.

@@ -44,7 +44,9 @@ pub enum DesktopStateView {
     Cloning,
     /// Being powered on.
     PoweringOn,
-    /// Usable.
+    /// Powered on, waiting for the guest (VMware Tools and an IPv4 address).
+    Booting,
+    /// Usable (claimable).
     Ready,
     /// Provisioning failed.
     Failed,
@@ -58,6 +60,7 @@ impl From<DesktopState> for DesktopStateView {
             DesktopState::Pending => Self::Pending,
             DesktopState::Cloning => Self::Cloning,
             DesktopState::PoweringOn => Self::PoweringOn,
+            DesktopState::Booting => Self::Booting,
             DesktopState::Ready => Self::Ready,
             DesktopState::Failed => Self::Failed,
             DesktopState::Deleting => Self::Deleting,
@@ -72,8 +75,10 @@ pub struct PoolStatus {
     pub target: u32,
     /// Desktops ready for use.
     pub ready: u32,
-    /// Desktops being provisioned.
+    /// Desktops being provisioned (`pending`, `cloning`, `powering_on`, `booting`).
     pub provisioning: u32,
+    /// Of those, desktops powered on and waiting for their guest.
+    pub booting: u32,
     /// Desktops whose provisioning failed (awaiting cleanup).
     pub failed: u32,
     /// Desktops being destroyed.
@@ -116,6 +121,7 @@ impl PoolView {
                 target: pool.spec.target_size,
                 ready: counts.ready,
                 provisioning: counts.provisioning,
+                booting: counts.booting,
                 failed: counts.failed,
                 deleting: counts.deleting,
                 state: pool.state.into(),
@@ -174,6 +180,12 @@ pub struct DesktopView {
     pub updated_at: DateTime<Utc>,
     /// When the desktop became ready.
     pub ready_at: Option<DateTime<Utc>>,
+    /// The guest's address as VMware Tools report it (`guest.ipAddress`); deskpool never
+    /// connects to it.
+    pub ip_address: Option<String>,
+    /// VMware Tools' status as vCenter reports it (`guest.toolsRunningStatus`, e.g.
+    /// `guestToolsRunning`).
+    pub guest_state: Option<String>,
 }
 
 impl DesktopView {
@@ -192,6 +204,8 @@ impl DesktopView {
             created_at: d.created_at,
             updated_at: d.updated_at,
             ready_at: d.ready_at,
+            ip_address: d.ip_address,
+            guest_state: d.guest_state,
         }
     }
 }

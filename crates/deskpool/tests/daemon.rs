@@ -185,6 +185,8 @@ async fn create_pool(db: &PgPool, name: &str, target: u32) {
         power_on: true,
         max_concurrent_clones: 6,
         enabled: true,
+        ready_timeout_secs: deskpool_domain::DEFAULT_READY_TIMEOUT_SECS,
+        ready_when: deskpool_domain::ReadyWhen::GuestIp,
     };
     let mut c = db.acquire().await.unwrap();
     deskpool_store::pools::insert(&mut c, &spec).await.unwrap();

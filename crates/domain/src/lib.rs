@@ -1,6 +1,7 @@
 //! deskpool's domain: pool specs and their validation, desktop naming, the desktop and pool
 //! state machines, the pure planning function the reconciler executes (`plan`: which desktops
-//! to create and remove) and a desktop's next vCenter step (`next_step`).
+//! to create and remove), a desktop's next vCenter step (`next_step`) and when a booting
+//! desktop's guest is usable (`judge_boot`).
 //!
 //! Nothing here knows about HTTP, SQL or SOAP: every type is plain data, so the rules can be
 //! tested (and property-tested) in isolation.
@@ -8,6 +9,7 @@
 mod naming;
 mod ownership;
 mod plan;
+mod readiness;
 mod spec;
 mod state;
 mod step;
@@ -15,7 +17,13 @@ mod step;
 pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
 pub use plan::{plan, Plan, PlanDesktop, PlanInput};
-pub use spec::{is_slug, GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
+pub use readiness::{
+    judge_boot, unusable_address, BootVerdict, CustomizationState, GuestFacts, TOOLS_RUNNING,
+};
+pub use spec::{
+    is_slug, GuestOs, PoolSpec, ReadyWhen, SpecError, DEFAULT_READY_TIMEOUT_SECS,
+    MAX_READY_TIMEOUT_SECS, WINDOWS_NAME_LIMIT,
+};
 pub use state::{DesktopState, EventKind, PoolState, UnknownState};
 pub use step::{next_step, Failure, FaultClass, Lookup, NameHolder, Report, Step, StepDesktop};
 

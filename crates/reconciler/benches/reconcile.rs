@@ -231,6 +231,8 @@ fn spec(name: &str, target: u32, max: u32, concurrency: u32) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: concurrency,
         enabled: true,
+        ready_timeout_secs: deskpool_domain::DEFAULT_READY_TIMEOUT_SECS,
+        ready_when: deskpool_domain::ReadyWhen::GuestIp,
     }
 }
 

@@ -18,6 +18,7 @@ mod error;
 mod inventory;
 mod leader;
 mod policy;
+mod readiness;
 mod reconcile;
 mod scheduler;
 mod sources;

@@ -19,6 +19,7 @@ use crate::conditions::{note, set_condition};
 use crate::context::{Ctx, WorkerKind};
 use crate::inventory::{self, Inventory, ResolveError};
 use crate::policy::error_policy;
+use crate::readiness;
 use crate::scheduler::{Action, Inputs};
 use crate::steps;
 use crate::Error;
@@ -74,6 +75,10 @@ pub(crate) async fn reconcile(
     }
     if let Some(sweep) = inputs.sweep {
         compare::resync(ctx, &pool, &mut rows, sweep).await?;
+    }
+    if let Some(deadline) = readiness::judge_booting(ctx, &pool, &mut rows).await? {
+        // The earliest booting desktop's ready timeout: judged again then at the latest.
+        ctx.scheduler.apply(&name, Action::RequeueAfter(deadline));
     }
 
     let counted = rows.iter().filter(|d| d.state.counts_toward_size()).count() as u32;

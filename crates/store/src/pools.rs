@@ -1,7 +1,7 @@
 //! Pools: the admin's spec plus the reconciler's status.
 
 use chrono::{DateTime, Utc};
-use deskpool_domain::{GuestOs, PoolSpec, PoolState};
+use deskpool_domain::{GuestOs, PoolSpec, PoolState, ReadyWhen};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -35,8 +35,10 @@ pub struct Pool {
 pub struct PoolCounts {
     /// Desktops in `ready`.
     pub ready: u32,
-    /// Desktops in `pending`, `cloning` or `powering_on`.
+    /// Desktops in `pending`, `cloning`, `powering_on` or `booting`.
     pub provisioning: u32,
+    /// Of those, desktops in `booting` (powered on, waiting for the guest).
+    pub booting: u32,
     /// Desktops in `failed`.
     pub failed: u32,
     /// Desktops in `deleting`.
@@ -54,6 +56,9 @@ impl PoolCounts {
             _ => &mut self.provisioning,
         };
         *bucket = bucket.saturating_add(n);
+        if state == "booting" {
+            self.booting = self.booting.saturating_add(n);
+        }
     }
 }
 
@@ -77,6 +82,8 @@ struct PoolRow {
     power_on: bool,
     max_concurrent_clones: i32,
     enabled: bool,
+    ready_timeout_secs: i32,
+    ready_when: String,
     state: String,
     last_error: Option<String>,
     consecutive_failures: i32,
@@ -104,6 +111,9 @@ impl TryFrom<PoolRow> for Pool {
             .state
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("pool {}: {e}", r.name)))?;
+        let ready_when = ReadyWhen::parse(&r.ready_when).ok_or_else(|| {
+            StoreError::Corrupt(format!("pool {}: ready_when '{}'", r.name, r.ready_when))
+        })?;
         Ok(Pool {
             id: r.id,
             spec: PoolSpec {
@@ -124,6 +134,8 @@ impl TryFrom<PoolRow> for Pool {
                 power_on: r.power_on,
                 max_concurrent_clones: to_u32(r.max_concurrent_clones),
                 enabled: r.enabled,
+                ready_timeout_secs: to_u32(r.ready_timeout_secs),
+                ready_when,
             },
             state,
             last_error: r.last_error,
@@ -145,8 +157,9 @@ fn guest_os_str(g: GuestOs) -> &'static str {
 
 type PoolQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, PoolRow, sqlx::postgres::PgArguments>;
 
-/// Binds the spec's fields from `vcenter` to `enabled`, in column order (shared by insert and
-/// update, whose statements list them in the same order).
+/// Binds the spec's fields from `vcenter` to `enabled`, then `ready_timeout_secs` and
+/// `ready_when`, in column order (shared by insert and update, whose statements list them in
+/// the same order).
 fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
     query
         .bind(&spec.vcenter)
@@ -165,6 +178,8 @@ fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
         .bind(spec.power_on)
         .bind(to_i32(spec.max_concurrent_clones))
         .bind(spec.enabled)
+        .bind(to_i32(spec.ready_timeout_secs))
+        .bind(spec.ready_when.as_str())
 }
 
 fn not_found(name: &str) -> StoreError {
@@ -180,8 +195,9 @@ pub async fn insert(conn: &mut PgConnection, spec: &PoolSpec) -> Result<Pool, St
     let query = sqlx::query_as(
         "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
              datastore, customization_spec, naming_pattern, guest_os, target_size, min_size, max_size,
-             power_on, max_concurrent_clones, enabled)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             power_on, max_concurrent_clones, enabled, ready_timeout_secs, ready_when)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+             $19, $20)
          RETURNING *",
     )
     .bind(Uuid::new_v4())
@@ -310,7 +326,8 @@ pub async fn update_spec(
         "UPDATE pools SET vcenter = $2, datacenter = $3, golden_vm = $4, snapshot = $5, folder = $6,
              resource_pool = $7, datastore = $8, customization_spec = $9, naming_pattern = $10,
              guest_os = $11, target_size = $12, min_size = $13, max_size = $14, power_on = $15,
-             max_concurrent_clones = $16, enabled = $17,
+             max_concurrent_clones = $16, enabled = $17, ready_timeout_secs = $18,
+             ready_when = $19,
              state = CASE WHEN state = 'error' THEN 'ok' ELSE state END,
              last_error = CASE WHEN state = 'error' THEN NULL ELSE last_error END,
              snapshot_moref = CASE WHEN snapshot = $5 AND golden_vm = $4 AND vcenter = $2

@@ -25,6 +25,8 @@ fn spec(name: &str) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: 8,
         enabled: true,
+        ready_timeout_secs: deskpool_domain::DEFAULT_READY_TIMEOUT_SECS,
+        ready_when: deskpool_domain::ReadyWhen::GuestIp,
     }
 }
 
@@ -96,18 +98,26 @@ async fn upgrade_records_existing_desktops(db: PgPool) {
     for m in &before {
         sqlx::raw_sql(&m.sql).execute(&mut *c).await.unwrap();
     }
-    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
-    let uuid = Uuid::new_v4();
-    desktops::insert_pending(
-        &mut c,
-        &NewDesktop {
-            pool_id: p.id,
-            name: "lab-001",
-            index: 1,
-            instance_uuid: uuid,
-            snapshot_moref: "snapshot-1",
-        },
+    // Rows as that schema had them (the store's functions read and write today's columns).
+    let pool_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
+             naming_pattern, target_size, max_size)
+         VALUES ($1, 'lab', 'vc1', 'DC0', 'golden', 'current', 'lab', 'DC0_C0', 'lab-{n:3}', 1, 10)",
     )
+    .bind(pool_id)
+    .execute(&mut *c)
+    .await
+    .unwrap();
+    let uuid = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO desktops (id, pool_id, name, idx, instance_uuid, state, snapshot_moref)
+         VALUES ($1, $2, 'lab-001', 1, $3, 'pending', 'snapshot-1')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(pool_id)
+    .bind(uuid)
+    .execute(&mut *c)
     .await
     .unwrap();
     for m in &rest {

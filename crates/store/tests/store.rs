@@ -30,6 +30,8 @@ fn spec(name: &str) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: 8,
         enabled: true,
+        ready_timeout_secs: deskpool_domain::DEFAULT_READY_TIMEOUT_SECS,
+        ready_when: deskpool_domain::ReadyWhen::GuestIp,
     }
 }
 
