@@ -41,7 +41,9 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"reflect"
 	"time"
+	"unsafe"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
@@ -277,4 +279,27 @@ func (h *harness) postCustomization(vm *simulator.VirtualMachine, name string, s
 	}); err != nil {
 		fmt.Fprintf(os.Stderr, "deskpool-vcsim: posting %T: %v\n", e, err)
 	}
+}
+
+// unlistEventCollector works around a lock-order inversion in govmomi 0.24.2: PostEvent runs
+// with the EventManager locked and locks each collector to update its latestPage, while
+// DestroyCollector runs with the collector locked and then locks the EventManager. A client
+// destroying its collector while an event is posted (a VM powering on) deadlocks the whole
+// simulator. Before the simulator sees a DestroyCollector, this takes the collector out of
+// the EventManager's list under the EventManager's lock (the list is unexported: reflection,
+// test harness only), so no PostEvent reaches for it afterwards.
+func unlistEventCollector(body []byte) {
+	method, err := simulator.UnmarshalBody(types.TypeFunc(), body)
+	if err != nil || method.This.Type != "EventHistoryCollector" {
+		return
+	}
+	em := simulator.Map.EventManager()
+	simulator.Map.WithLock(em, func() {
+		f := reflect.ValueOf(em).Elem().FieldByName("collectors")
+		if !f.IsValid() {
+			return
+		}
+		m := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem()
+		m.SetMapIndex(reflect.ValueOf(method.This), reflect.Value{})
+	})
 }

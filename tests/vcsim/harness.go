@@ -171,6 +171,8 @@ func (h *harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if h.intercept(w, r, name, body) {
 			return
 		}
+	case "DestroyCollector":
+		unlistEventCollector(body)
 	case "WaitForUpdatesEx", "WaitForUpdates":
 		// vCenter counts a pending long poll as activity; 0.24.2 only looks
 		// at the request start, so an idle timeout shorter than maxWaitSeconds

@@ -1201,3 +1201,53 @@ async fn vm_watch_reports_guest_tools_address_and_customization_outcome() {
         }
     }
 }
+
+/// Watches dropped while VMs power on and off (every power change posts events to the
+/// watches' event collectors) never wedge the simulator: govmomi 0.24.2 locks the
+/// EventManager then a collector to post, the collector then the EventManager to destroy it;
+/// the harness takes a destroyed collector off the EventManager's list first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_vm_watches_during_power_changes_never_wedges_the_simulator() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let mut vms = Vec::new();
+    for i in 0..4 {
+        let vm = vc
+            .wait_task(
+                &vc.clone_linked(&p.golden, &spec(&p, &format!("flip-{i}")))
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .expect("clone result");
+        vms.push(vm);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flippers = Vec::new();
+    for vm in vms {
+        let (admin, stop) = (connect(&sim).await, std::sync::Arc::clone(&stop));
+        flippers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = admin.wait_task(&admin.power_on(&vm).await.unwrap()).await;
+                let _ = admin.wait_task(&admin.power_off(&vm).await.unwrap()).await;
+            }
+        }));
+    }
+    for _ in 0..30 {
+        let mut watch = vc.watch_vms();
+        tokio::time::timeout(Duration::from_secs(20), watch.recv())
+            .await
+            .expect("the simulator stopped answering (deadlocked?)")
+            .expect("watch running");
+        drop(watch);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flippers {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("power changes stopped finishing: the simulator is wedged")
+            .unwrap();
+    }
+}
