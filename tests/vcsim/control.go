@@ -47,8 +47,10 @@ import (
 //	                       "connected":bool} (any subset): summary.quickStats.
 //	                       overallMemoryUsage, runtime.inMaintenanceMode, connectionState
 //	GET  /vms[?folder=X]   [{name,moref,power_state,instance_uuid,extra_config,folder,folder_moref,
-//	                       snapshots,current_snapshot}] (X = folder name or moref)
+//	                       snapshots,current_snapshot,tools_running_status,ip_address}]
+//	                       (X = folder name or moref)
 //	POST /vms/copy, GET|POST /faults: see copies.go
+//	GET|POST /guest: see guest.go
 func (h *harness) controlMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/stats", h.only(http.MethodGet, h.handleStats))
@@ -65,6 +67,7 @@ func (h *harness) controlMux() http.Handler {
 	mux.HandleFunc("/hosts/state", h.only(http.MethodPost, h.handleHostState))
 	mux.HandleFunc("/vms", h.only(http.MethodGet, h.handleVMs))
 	h.registerSafety(mux)
+	h.registerGuest(mux)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]bool{"ok": true}) })
 	return mux
 }
@@ -281,6 +284,9 @@ type vmInfo struct {
 	Snapshots    int               `json:"snapshots"`
 	// CurrentSnapshot is the moref of snapshot.currentSnapshot ("" if none).
 	CurrentSnapshot string `json:"current_snapshot"`
+	// ToolsRunningStatus and IPAddress are guest.toolsRunningStatus and guest.ipAddress.
+	ToolsRunningStatus string `json:"tools_running_status"`
+	IPAddress          string `json:"ip_address"`
 }
 
 // handleVMs lists VMs, optionally only those whose parent folder has the
@@ -312,6 +318,10 @@ func (h *harness) handleVMs(w http.ResponseWriter, r *http.Request) {
 			}
 			if vm.Parent != nil {
 				parent = *vm.Parent
+			}
+			if vm.Guest != nil {
+				info.ToolsRunningStatus = vm.Guest.ToolsRunningStatus
+				info.IPAddress = vm.Guest.IpAddress
 			}
 		})
 		if info.Name == "" {

@@ -97,6 +97,8 @@ type harness struct {
 
 	// setPassword replaces the password Login accepts (called under mu).
 	setPassword func(string)
+
+	guest guestSim // VMware Tools and guest customization (guest.go)
 }
 
 func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {
@@ -116,6 +118,7 @@ func newHarness(o options, client *vim25.Client, inner http.Handler) *harness {
 		pages:    newPager(),
 
 		hiddenConfig: map[types.ManagedObjectReference]*types.VirtualMachineConfigInfo{},
+		guest:        newGuestSim(o.guestDelay),
 	}
 }
 
@@ -168,6 +171,8 @@ func (h *harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if h.intercept(w, r, name, body) {
 			return
 		}
+	case "DestroyCollector":
+		unlistEventCollector(body)
 	case "WaitForUpdatesEx", "WaitForUpdates":
 		// vCenter counts a pending long poll as activity; 0.24.2 only looks
 		// at the request start, so an idle timeout shorter than maxWaitSeconds
@@ -253,6 +258,9 @@ func (h *harness) intercept(w http.ResponseWriter, r *http.Request, name string,
 			if err != nil {
 				return types.ManagedObjectReference{}, err
 			}
+			if _, f := innerTaskResult(res.Returnval); f == nil {
+				h.poweredOn(req.This)
+			}
 			return res.Returnval, nil
 		})
 	case *types.PowerOffVM_Task:
@@ -260,6 +268,9 @@ func (h *harness) intercept(w http.ResponseWriter, r *http.Request, name string,
 			res, err := methods.PowerOffVM_Task(ctx, h.client, &types.PowerOffVM_Task{This: req.This})
 			if err != nil {
 				return types.ManagedObjectReference{}, err
+			}
+			if _, f := innerTaskResult(res.Returnval); f == nil {
+				h.poweredOff(req.This)
 			}
 			return res.Returnval, nil
 		})
@@ -469,6 +480,9 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 			return nil, f
 		}
 		vm := r.(types.ManagedObjectReference)
+		if req.Spec.Customization != nil {
+			h.clonedWithCustomization(vm)
+		}
 		if fail { // leave the half-made VM behind
 			h.countInjected()
 			return nil, injected
@@ -484,6 +498,7 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 			if _, f := innerTaskResult(pres.Returnval); f != nil {
 				return nil, f
 			}
+			h.poweredOn(vm)
 		}
 		return vm, nil
 	})

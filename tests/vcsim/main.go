@@ -10,6 +10,8 @@
 //   - paging in RetrievePropertiesEx: options.maxObjects (and -page-cap) cut
 //     the answer into pages with a token, read with ContinueRetrievePropertiesEx,
 //     dropped with CancelRetrievePropertiesEx (paging.go),
+//   - VMware Tools and a guest IPv4 address in 127.0.0.0/8 some time after a power-on, and
+//     Customization* events for clones made with a customization spec (guest.go),
 //   - counters (SOAP calls per method, non-linked clones, clones in flight),
 //   - a JSON control API on a second listener (see control.go).
 //
@@ -52,6 +54,7 @@ type options struct {
 	folders       string
 	cloneDelay    time.Duration
 	powerDelay    time.Duration
+	guestDelay    time.Duration
 	failRate      float64
 	leaveVMRate   float64
 	seed          int64
@@ -75,6 +78,7 @@ func parseFlags() options {
 	flag.StringVar(&o.folders, "folders", "", "comma-separated VM folders to create under DC0/vm")
 	flag.DurationVar(&o.cloneDelay, "clone-delay", 0, "time a CloneVM_Task stays running")
 	flag.DurationVar(&o.powerDelay, "power-delay", 0, "time PowerOnVM_Task/PowerOffVM_Task/Destroy_Task stay running")
+	flag.DurationVar(&o.guestDelay, "guest-delay", 50*time.Millisecond, "after a power-on, time until VMware Tools run, and again until the guest reports its IPv4 address (see guest.go)")
 	flag.Float64Var(&o.failRate, "clone-fail-rate", 0, "fraction of clone tasks that fail with InsufficientResourcesFault")
 	flag.Float64Var(&o.leaveVMRate, "fail-leave-vm-rate", 0, "fraction of injected clone failures that leave the VM behind")
 	flag.Int64Var(&o.seed, "seed", 1, "seed for the failure-injection RNG")

@@ -44,7 +44,9 @@ pub enum DesktopStateView {
     Cloning,
     /// Being powered on.
     PoweringOn,
-    /// Usable.
+    /// Powered on, waiting for the guest (VMware Tools and an IPv4 address).
+    Booting,
+    /// Usable (claimable).
     Ready,
     /// Provisioning failed.
     Failed,
@@ -58,6 +60,7 @@ impl From<DesktopState> for DesktopStateView {
             DesktopState::Pending => Self::Pending,
             DesktopState::Cloning => Self::Cloning,
             DesktopState::PoweringOn => Self::PoweringOn,
+            DesktopState::Booting => Self::Booting,
             DesktopState::Ready => Self::Ready,
             DesktopState::Failed => Self::Failed,
             DesktopState::Deleting => Self::Deleting,
@@ -81,8 +84,10 @@ pub struct PoolStatus {
     pub over_target: u32,
     /// Desktops ready for use.
     pub ready: u32,
-    /// Desktops being provisioned.
+    /// Desktops being provisioned (`pending`, `cloning`, `powering_on`, `booting`).
     pub provisioning: u32,
+    /// Of those, desktops powered on and waiting for their guest.
+    pub booting: u32,
     /// Desktops whose provisioning failed (awaiting cleanup).
     pub failed: u32,
     /// Desktops being destroyed.
@@ -138,6 +143,7 @@ impl PoolView {
                 over_target: counts.claimed.saturating_sub(pool.spec.target_size),
                 ready: counts.ready,
                 provisioning: counts.provisioning,
+                booting: counts.booting,
                 failed: counts.failed,
                 deleting: counts.deleting,
                 state: pool.state.into(),
@@ -208,9 +214,11 @@ pub struct DesktopView {
     pub claimed_at: Option<DateTime<Utc>>,
     /// When the claim ends unless renewed (by claiming again).
     pub lease_expires_at: Option<DateTime<Utc>>,
-    /// The guest's IPv4 address as vCenter reports it.
+    /// The guest's address as VMware Tools report it (`guest.ipAddress`); deskpool never
+    /// connects to it.
     pub ip_address: Option<String>,
-    /// The guest's state as vCenter reports it.
+    /// VMware Tools' status as vCenter reports it (`guest.toolsRunningStatus`, e.g.
+    /// `guestToolsRunning`).
     pub guest_state: Option<String>,
 }
 

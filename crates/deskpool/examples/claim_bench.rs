@@ -80,6 +80,8 @@ fn spec(max: u32) -> PoolSpec {
         min_spare: 0,
         claim_lease_secs: 86_400,
         on_release: OnRelease::Delete,
+        ready_timeout_secs: deskpool_domain::DEFAULT_READY_TIMEOUT_SECS,
+        ready_when: deskpool_domain::ReadyWhen::GuestIp,
     }
 }
 

@@ -188,6 +188,8 @@ async fn create_pool(db: &PgPool, name: &str, target: u32) {
         min_spare: 0,
         claim_lease_secs: 86_400,
         on_release: deskpool_domain::OnRelease::Delete,
+        ready_timeout_secs: deskpool_domain::DEFAULT_READY_TIMEOUT_SECS,
+        ready_when: deskpool_domain::ReadyWhen::GuestIp,
     };
     let mut c = db.acquire().await.unwrap();
     deskpool_store::pools::insert(&mut c, &spec).await.unwrap();

@@ -1,6 +1,7 @@
 //! deskpool's domain: pool specs and their validation, desktop naming, the desktop and pool
 //! state machines, the pure planning function the reconciler executes (`plan`: which desktops
-//! to create and remove) and a desktop's next vCenter step (`next_step`).
+//! to create and remove), a desktop's next vCenter step (`next_step`) and when a booting
+//! desktop's guest is usable (`judge_boot`).
 //!
 //! Nothing here knows about HTTP, SQL or SOAP: every type is plain data, so the rules can be
 //! tested (and property-tested) in isolation.
@@ -9,6 +10,7 @@ pub mod integral;
 mod naming;
 mod ownership;
 mod plan;
+mod readiness;
 mod spec;
 mod state;
 mod step;
@@ -16,9 +18,13 @@ mod step;
 pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
 pub use plan::{desired_size, plan, Plan, PlanDesktop, PlanInput};
+pub use readiness::{
+    judge_boot, unusable_address, BootVerdict, CustomizationState, GuestFacts, TOOLS_RUNNING,
+};
 pub use spec::{
-    check_lease_secs, is_slug, patterns, GuestOs, OnRelease, PoolSpec, SpecError,
-    DEFAULT_CLAIM_LEASE_SECS, MAX_CLAIM_LEASE_SECS, MIN_CLAIM_LEASE_SECS, WINDOWS_NAME_LIMIT,
+    check_lease_secs, is_slug, patterns, GuestOs, OnRelease, PoolSpec, ReadyWhen, SpecError,
+    DEFAULT_CLAIM_LEASE_SECS, DEFAULT_READY_TIMEOUT_SECS, MAX_CLAIM_LEASE_SECS,
+    MAX_READY_TIMEOUT_SECS, MIN_CLAIM_LEASE_SECS, WINDOWS_NAME_LIMIT,
 };
 pub use state::{DesktopState, EventKind, PoolState, UnknownState};
 pub use step::{next_step, Failure, FaultClass, Lookup, NameHolder, Report, Step, StepDesktop};

@@ -150,6 +150,55 @@ pub struct PoolSpec {
     /// What a release (or an expired lease) does to the desktop.
     #[serde(default)]
     pub on_release: OnRelease,
+    /// A powered-on desktop whose guest is not usable this many seconds after power-on is
+    /// marked failed (and replaced). 1..=86400.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_secs: u32,
+    /// When a powered-on desktop is ready: `guest_ip` (VMware Tools report a usable IPv4
+    /// address) or `powered_on` (at once, for guests without Tools).
+    #[serde(default)]
+    pub ready_when: ReadyWhen,
+}
+
+/// When a powered-on desktop counts as ready (usable, claimable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyWhen {
+    /// VMware Tools run and report a usable IPv4 address (not 0.0.0.0, not 169.254/16); with
+    /// a `customization_spec`, also once vCenter reports the customization succeeded.
+    #[default]
+    GuestIp,
+    /// As soon as the VM is powered on (guests without VMware Tools).
+    PoweredOn,
+}
+
+impl ReadyWhen {
+    /// The stable string form, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GuestIp => "guest_ip",
+            Self::PoweredOn => "powered_on",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "guest_ip" => Some(Self::GuestIp),
+            "powered_on" => Some(Self::PoweredOn),
+            _ => None,
+        }
+    }
+}
+
+/// Default `ready_timeout_secs`: half an hour (a Windows guest with sysprep takes minutes).
+pub const DEFAULT_READY_TIMEOUT_SECS: u32 = 1800;
+/// Largest `ready_timeout_secs` accepted: a day.
+pub const MAX_READY_TIMEOUT_SECS: u32 = 86_400;
+
+fn default_ready_timeout() -> u32 {
+    DEFAULT_READY_TIMEOUT_SECS
 }
 
 fn default_snapshot() -> String {
@@ -312,6 +361,15 @@ impl PoolSpec {
                 format!("must be between 1 and {MAX_CONCURRENT_CLONES}"),
             ));
         }
+        if self.ready_timeout_secs == 0 || self.ready_timeout_secs > MAX_READY_TIMEOUT_SECS {
+            return Err(err(
+                "ready_timeout_secs",
+                format!(
+                    "{} is outside 1..={MAX_READY_TIMEOUT_SECS} (seconds a powered-on desktop's guest may take to become usable)",
+                    self.ready_timeout_secs
+                ),
+            ));
+        }
         let longest = naming.max_len(self.max_index());
         let limit = match self.guest_os {
             GuestOs::Windows => WINDOWS_NAME_LIMIT,
@@ -412,6 +470,8 @@ pub(crate) mod tests {
             min_spare: 0,
             claim_lease_secs: DEFAULT_CLAIM_LEASE_SECS,
             on_release: OnRelease::Delete,
+            ready_timeout_secs: DEFAULT_READY_TIMEOUT_SECS,
+            ready_when: ReadyWhen::GuestIp,
         }
     }
 
@@ -457,6 +517,11 @@ pub(crate) mod tests {
             (
                 "claim_lease_secs",
                 Box::new(|s| s.claim_lease_secs = 604_801),
+            ),
+            ("ready_timeout_secs", Box::new(|s| s.ready_timeout_secs = 0)),
+            (
+                "ready_timeout_secs",
+                Box::new(|s| s.ready_timeout_secs = 86_401),
             ),
         ];
         for (field, mutate) in cases {
@@ -518,6 +583,13 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(keep.on_release, OnRelease::Keep);
+        assert_eq!(s.ready_timeout_secs, 1800);
+        assert_eq!(s.ready_when, ReadyWhen::GuestIp);
+        let s: PoolSpec = serde_json::from_str(
+            &json.replace("\"max_size\"", "\"ready_when\":\"powered_on\",\"max_size\""),
+        )
+        .unwrap();
+        assert_eq!(s.ready_when, ReadyWhen::PoweredOn);
         let bad = json.replace("\"max_size\"", "\"bogus\":1,\"max_size\"");
         assert!(serde_json::from_str::<PoolSpec>(&bad).is_err());
     }

@@ -50,8 +50,8 @@ macro_rules! string_enum {
 string_enum!(
     /// Where a desktop is in its lifecycle.
     ///
-    /// `pending` -> `cloning` -> `powering_on` -> `ready`; any step may end in `failed`;
-    /// `deleting` ends with the row removed once the VM is gone.
+    /// `pending` -> `cloning` -> `powering_on` -> `booting` -> `ready`; any step may end in
+    /// `failed`; `deleting` ends with the row removed once the VM is gone.
     DesktopState, "desktop state" {
         /// Name and instance UUID committed; no vCenter call made yet.
         Pending => "pending",
@@ -59,7 +59,10 @@ string_enum!(
         Cloning => "cloning",
         /// The clone exists; `PowerOnVM_Task` issued (or about to be).
         PoweringOn => "powering_on",
-        /// The desktop exists (and is powered on when the pool says so).
+        /// Powered on; waiting for the guest to be usable (VMware Tools running and a usable
+        /// IPv4 address, and the customization's success when the pool has a spec).
+        Booting => "booting",
+        /// The desktop is usable (and powered on when the pool says so): it may be claimed.
         Ready => "ready",
         /// Provisioning failed; the fault is kept in `last_error`. Cleaned up by the reconciler.
         Failed => "failed",
@@ -69,13 +72,16 @@ string_enum!(
 );
 
 impl DesktopState {
-    /// Provisioning is under way (counts against the clone concurrency bounds).
+    /// Provisioning is under way (not usable yet, but counts toward the pool's size).
     pub fn is_provisioning(self) -> bool {
-        matches!(self, Self::Pending | Self::Cloning | Self::PoweringOn)
+        matches!(
+            self,
+            Self::Pending | Self::Cloning | Self::PoweringOn | Self::Booting
+        )
     }
 
     /// A clone is pending or running: counts against the pool's `max_concurrent_clones`
-    /// (a desktop that is powering on no longer does).
+    /// (a desktop that is powering on or booting no longer does).
     pub fn occupies_clone_slot(self) -> bool {
         matches!(self, Self::Pending | Self::Cloning)
     }
@@ -131,6 +137,10 @@ string_enum!(
         PoweredOn => "powered_on",
         /// A desktop reached `ready`.
         DesktopReady => "desktop_ready",
+        /// A desktop was powered on and waits for its guest (`booting`).
+        DesktopBooting => "desktop_booting",
+        /// A powered-on desktop's guest never became usable, or its customization failed.
+        DesktopFailed => "desktop_failed",
         /// A desktop was marked for deletion.
         DesktopDeleting => "desktop_deleting",
         /// A user claimed a desktop (or renewed the lease of the one they hold).

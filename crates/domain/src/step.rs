@@ -23,6 +23,9 @@ pub struct StepDesktop {
     pub may_clone: bool,
     /// The pool powers desktops on once they are cloned.
     pub power_on: bool,
+    /// After its power-on the desktop waits for its guest (`booting`; the pool's
+    /// `ready_when` is `guest_ip`) instead of being ready at once (`powered_on`).
+    pub wait_for_guest: bool,
 }
 
 /// Why the desktop's VM is looked up by instance UUID.
@@ -131,6 +134,9 @@ pub enum Step {
     PowerOn,
     /// Record the desktop `ready` and powered on.
     MarkReady,
+    /// Record the desktop `booting` and powered on: the pass makes it `ready` once its guest
+    /// is usable (see [`crate::judge_boot`]), or `failed` at its ready timeout.
+    MarkBooting,
     /// Record the desktop `failed` (sizing replaces it).
     MarkFailed(Failure),
     /// Resolve the pool's inventory again: a stale reference, or a missing object?
@@ -196,7 +202,8 @@ pub fn next_step(d: &StepDesktop, report: Report) -> Step {
         DesktopState::Cloning => cloning(d, report),
         DesktopState::PoweringOn => powering_on(d, report),
         DesktopState::Deleting => deleting(d, report),
-        DesktopState::Ready | DesktopState::Failed => Step::Stop,
+        // A booting desktop has no vCenter work left: the pass judges its guest.
+        DesktopState::Booting | DesktopState::Ready | DesktopState::Failed => Step::Stop,
     }
 }
 
@@ -271,6 +278,7 @@ fn powering_on(d: &StepDesktop, report: Report) -> Step {
         Report::Started if d.vm_known => Step::PowerOn,
         Report::Started | Report::VmGone => Step::MarkFailed(Failure::VmVanished),
         Report::PowerOnStarted => Step::WaitTask,
+        Report::TaskEnded { .. } if d.wait_for_guest => Step::MarkBooting,
         Report::TaskEnded { .. } => Step::MarkReady,
         _ => Step::Stop,
     }
@@ -319,6 +327,7 @@ mod tests {
             fresh,
             may_clone: true,
             power_on: true,
+            wait_for_guest: false,
         }
     }
 
@@ -516,6 +525,14 @@ mod tests {
                 Step::MarkReady,
             ),
             (
+                StepDesktop {
+                    wait_for_guest: true,
+                    ..desk(PoweringOn, true, false, false)
+                },
+                Report::TaskEnded { vm: false },
+                Step::MarkBooting,
+            ),
+            (
                 desk(PoweringOn, true, false, false),
                 Report::VmGone,
                 Step::MarkFailed(Failure::VmVanished),
@@ -524,6 +541,12 @@ mod tests {
                 desk(PoweringOn, true, false, false),
                 Report::Fault(FaultClass::Other),
                 Step::MarkFailed(Failure::Fault { permanent: false }),
+            ),
+            // booting: the pass judges the guest, no worker
+            (
+                desk(Booting, true, false, false),
+                Report::Started,
+                Step::Stop,
             ),
             // settled
             (desk(Ready, true, false, false), Report::Started, Step::Stop),
@@ -683,6 +706,10 @@ mod tests {
                 d.state = DesktopState::Ready;
                 None
             }
+            Step::MarkBooting => {
+                d.state = DesktopState::Booting;
+                None
+            }
             Step::MarkFailed(_) => {
                 d.state = DesktopState::Failed;
                 None
@@ -695,8 +722,8 @@ mod tests {
         /// Whatever vCenter answers, across worker restarts, a desktop never gets a second VM:
         /// a clone is issued only when no VM with its instance UUID exists.
         #[test]
-        fn never_two_clones(choices in proptest::collection::vec(any::<u8>(), 1..200), power_on: bool) {
-            let mut d = StepDesktop { power_on, ..desk(DesktopState::Pending, false, false, true) };
+        fn never_two_clones(choices in proptest::collection::vec(any::<u8>(), 1..200), power_on: bool, wait_for_guest: bool) {
+            let mut d = StepDesktop { power_on, wait_for_guest, ..desk(DesktopState::Pending, false, false, true) };
             let mut m = Model::default();
             let mut report = Report::Started;
             for choice in choices {

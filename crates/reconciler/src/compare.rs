@@ -31,9 +31,10 @@ async fn record(
     Ok(())
 }
 
-/// Applies the VM changes vCenter reported for ready desktops: a VM gone means the desktop
-/// failed (the plan replaces it); a power change is recorded. Desktops with a worker are
-/// left to it (their own power-on or destroy causes these changes).
+/// Applies the VM changes vCenter reported for ready and booting desktops: a VM gone means
+/// the desktop failed (the plan replaces it); a power change is recorded; what VMware Tools
+/// report of the guest, and customization events, are recorded for any desktop. Desktops
+/// with a worker are left to it (their own power-on or destroy causes these changes).
 pub(crate) async fn apply_vm_events(
     ctx: &Arc<Ctx>,
     pool: &Pool,
@@ -55,7 +56,17 @@ pub(crate) async fn apply_vm_events(
             later.push(e.clone());
             continue;
         }
-        if d.state != DesktopState::Ready {
+        if matches!(e.change, VmChange::Guest(_) | VmChange::Customization(_)) {
+            // What Tools report is kept whatever the state (a booting desktop is judged on it
+            // later in this pass; a ready one shows it).
+            if d.state != DesktopState::Deleting {
+                if let Some(stored) = crate::readiness::record_guest(ctx, d, &e.change).await? {
+                    rows[i] = stored;
+                }
+            }
+            continue;
+        }
+        if !matches!(d.state, DesktopState::Ready | DesktopState::Booting) {
             continue;
         }
         let progress = match e.change {
@@ -143,7 +154,7 @@ pub(crate) async fn resync(
     let settle = chrono::Duration::seconds(5);
     for i in 0..rows.len() {
         let d = &rows[i];
-        if d.state == DesktopState::Ready
+        if matches!(d.state, DesktopState::Ready | DesktopState::Booting)
             && !seen.contains(&d.id)
             && !ctx.has_worker(d.id)
             && d.updated_at + settle < listed_at

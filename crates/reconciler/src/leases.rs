@@ -114,6 +114,8 @@ mod tests {
             lease_expires_at: lease,
             ip_address: None,
             guest_state: None,
+            booting_at: None,
+            customization: None,
         }
     }
 

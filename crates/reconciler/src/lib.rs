@@ -19,6 +19,7 @@ mod inventory;
 mod leader;
 mod leases;
 mod policy;
+mod readiness;
 mod reconcile;
 mod scheduler;
 mod sources;

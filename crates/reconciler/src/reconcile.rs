@@ -22,6 +22,7 @@ use crate::context::{Ctx, WorkerKind};
 use crate::inventory::{self, Inventory, ResolveError};
 use crate::leases;
 use crate::policy::error_policy;
+use crate::readiness;
 use crate::scheduler::{Action, Inputs};
 use crate::steps;
 use crate::Error;
@@ -110,6 +111,10 @@ async fn pass(
     }
     if let Some(sweep) = inputs.sweep {
         compare::resync(ctx, &pool, &mut rows, sweep).await?;
+    }
+    if let Some(deadline) = readiness::judge_booting(ctx, &pool, &mut rows).await? {
+        // The earliest booting desktop's ready timeout: judged again then at the latest.
+        ctx.scheduler.apply(&name, Action::RequeueAfter(deadline));
     }
 
     let counted = rows.iter().filter(|d| d.state.counts_toward_size()).count() as u32;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use deskpool_domain::{
-    next_step, DesktopState, EventKind, Failure, FaultClass, Lookup, NameHolder, PoolState, Report,
-    Step, StepDesktop, MARKER_DESKTOP, MARKER_INSTALLATION, MARKER_POOL,
+    next_step, DesktopState, EventKind, Failure, FaultClass, Lookup, NameHolder, PoolState,
+    ReadyWhen, Report, Step, StepDesktop, MARKER_DESKTOP, MARKER_INSTALLATION, MARKER_POOL,
 };
 use deskpool_store::desktops::{self, Desktop, Progress};
 use deskpool_store::pools::{self, Pool, Status};
@@ -296,6 +296,7 @@ impl Provision<'_> {
                 fresh,
                 may_clone: self.inventory.is_some(),
                 power_on: self.pool.spec.power_on,
+                wait_for_guest: self.pool.spec.ready_when == ReadyWhen::GuestIp,
             };
             let step = next_step(&facts, report);
             if step == Step::Clone {
@@ -308,7 +309,7 @@ impl Provision<'_> {
                 Next::Report(r) => report = r,
                 Next::Row(Some(n)) => {
                     let n = *n;
-                    if n.state == DesktopState::Ready {
+                    if matches!(n.state, DesktopState::Ready | DesktopState::Booting) {
                         if let Some(vm) = n.vm_moref.as_deref() {
                             // So that the VM watch reports it gone even if it vanishes before
                             // the watch has seen it.
@@ -416,8 +417,26 @@ impl Provision<'_> {
             Step::MarkReady => {
                 let msg = format!("desktop {} powered on and ready", d.name);
                 let event = Some((EventKind::DesktopReady, msg));
+                let row = self.record(d, Progress::powered_on(), event).await?;
+                if let Some(r) = &row {
+                    crate::readiness::observe_time_to_ready(r);
+                }
+                Next::Row(row.map(Box::new))
+            }
+            Step::MarkBooting => {
+                let msg = format!(
+                    "desktop {} powered on; waiting for its guest (VMware Tools running and an IPv4 address{}, within {} s)",
+                    d.name,
+                    if self.pool.spec.customization_spec.is_some() {
+                        ", and the customization's success"
+                    } else {
+                        ""
+                    },
+                    self.pool.spec.ready_timeout_secs
+                );
+                let event = Some((EventKind::DesktopBooting, msg));
                 Next::Row(
-                    self.record(d, Progress::powered_on(), event)
+                    self.record(d, Progress::booting(), event)
                         .await?
                         .map(Box::new),
                 )
@@ -805,6 +824,7 @@ async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(
         fresh: false,
         may_clone: false,
         power_on: pool.spec.power_on,
+        wait_for_guest: pool.spec.ready_when == ReadyWhen::GuestIp,
     };
     loop {
         report = match next_step(&facts, report) {

@@ -1,7 +1,7 @@
 //! Desktops: one row per desktop, created `pending` before any vCenter call.
 
 use chrono::{DateTime, Utc};
-use deskpool_domain::DesktopState;
+use deskpool_domain::{CustomizationState, DesktopState};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -44,10 +44,15 @@ pub struct Desktop {
     pub claimed_at: Option<DateTime<Utc>>,
     /// When the claim ends unless renewed.
     pub lease_expires_at: Option<DateTime<Utc>>,
-    /// The guest's IPv4 address as vCenter last reported it.
+    /// The guest's address as VMware Tools last reported it (`guest.ipAddress`).
     pub ip_address: Option<String>,
-    /// The guest's state as vCenter last reported it.
+    /// VMware Tools' status as vCenter last reported it (`guest.toolsRunningStatus`, e.g.
+    /// `guestToolsRunning`).
     pub guest_state: Option<String>,
+    /// When the desktop entered `booting` (its ready timeout counts from here).
+    pub booting_at: Option<DateTime<Utc>>,
+    /// What the guest customization's events said, if any.
+    pub customization: Option<CustomizationState>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -71,11 +76,19 @@ pub(crate) struct DesktopRow {
     lease_expires_at: Option<DateTime<Utc>>,
     ip_address: Option<String>,
     guest_state: Option<String>,
+    booting_at: Option<DateTime<Utc>>,
+    customization: Option<String>,
 }
 
 impl TryFrom<DesktopRow> for Desktop {
     type Error = StoreError;
     fn try_from(r: DesktopRow) -> Result<Self, StoreError> {
+        let customization = match r.customization.as_deref() {
+            None => None,
+            Some(c) => Some(CustomizationState::parse(c).ok_or_else(|| {
+                StoreError::Corrupt(format!("desktop {}: customization '{c}'", r.name))
+            })?),
+        };
         Ok(Desktop {
             state: r
                 .state
@@ -99,6 +112,8 @@ impl TryFrom<DesktopRow> for Desktop {
             lease_expires_at: r.lease_expires_at,
             ip_address: r.ip_address,
             guest_state: r.guest_state,
+            booting_at: r.booting_at,
+            customization,
         })
     }
 }
@@ -270,6 +285,14 @@ impl Progress {
         }
     }
 
+    /// `booting`: powered on, waiting for the guest.
+    pub fn booting() -> Self {
+        Self {
+            powered_on: true,
+            ..Self::pending_with(DesktopState::Booting)
+        }
+    }
+
     /// `ready` and powered on.
     pub fn powered_on() -> Self {
         Self {
@@ -299,8 +322,10 @@ impl Progress {
 }
 
 /// Records a desktop's progress. A desktop already in `deleting` stays there (a helpdesk
-/// delete wins over a clone finishing at the same time). Reaching `ready`, `failed` or
-/// `pending` clears the task moref (the task has ended, and finished tasks soon vanish). Returns the stored row, or None if the
+/// delete wins over a clone finishing at the same time). Reaching `booting`, `ready`,
+/// `failed` or `pending` clears the task moref (the task has ended, and finished tasks soon
+/// vanish). Entering `booting` sets `booting_at`; going back to `pending` (a new clone)
+/// forgets what was reported of the old guest. Returns the stored row, or None if the
 /// desktop is gone.
 pub async fn set_progress(
     conn: &mut PgConnection,
@@ -311,8 +336,15 @@ pub async fn set_progress(
         "UPDATE desktops SET
              state = CASE WHEN state = 'deleting' THEN state ELSE $2 END,
              vm_moref = COALESCE($3, vm_moref),
-             task_moref = CASE WHEN $2 IN ('ready', 'failed', 'pending') THEN NULL
+             task_moref = CASE WHEN $2 IN ('booting', 'ready', 'failed', 'pending') THEN NULL
                           ELSE COALESCE($4, task_moref) END,
+             booting_at = CASE WHEN state = 'deleting' THEN booting_at
+                               WHEN $2 = 'booting' AND state <> 'booting' THEN now()
+                               WHEN $2 = 'pending' THEN NULL ELSE booting_at END,
+             ip_address = CASE WHEN $2 = 'pending' AND state <> 'deleting' THEN NULL ELSE ip_address END,
+             guest_state = CASE WHEN $2 = 'pending' AND state <> 'deleting' THEN NULL ELSE guest_state END,
+             customization = CASE WHEN $2 = 'pending' AND state <> 'deleting' THEN NULL
+                                  ELSE customization END,
              snapshot_moref = COALESCE($7, snapshot_moref),
              powered_on = $5, last_error = $6, updated_at = now(),
              ready_at = CASE WHEN $2 = 'ready' AND ready_at IS NULL THEN now() ELSE ready_at END
@@ -345,6 +377,48 @@ pub async fn mark_deleting_unclaimed(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Records what VMware Tools report of a desktop's guest: `tools` (`guest.toolsRunningStatus`)
+/// and `ip` (`guest.ipAddress`, "" when unset), each only when given. Returns the stored row.
+pub async fn set_guest(
+    conn: &mut PgConnection,
+    id: Uuid,
+    tools: Option<&str>,
+    ip: Option<&str>,
+) -> Result<Option<Desktop>, StoreError> {
+    let row: Option<DesktopRow> = sqlx::query_as(
+        "UPDATE desktops SET
+             guest_state = CASE WHEN $2::text IS NULL THEN guest_state ELSE NULLIF($2, '') END,
+             ip_address = CASE WHEN $3::text IS NULL THEN ip_address ELSE NULLIF($3, '') END
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(tools)
+    .bind(ip)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Desktop::try_from).transpose()
+}
+
+/// Records a guest customization event of a desktop's VM; a failure's message goes to
+/// `last_error`. Returns the stored row.
+pub async fn set_customization(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: CustomizationState,
+    message: Option<&str>,
+) -> Result<Option<Desktop>, StoreError> {
+    let row: Option<DesktopRow> = sqlx::query_as(
+        "UPDATE desktops SET customization = $2, last_error = COALESCE($3, last_error)
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(state.as_str())
+    .bind(message)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Desktop::try_from).transpose()
 }
 
 /// Moves desktops to `deleting`, claimed or not. Returns how many changed.

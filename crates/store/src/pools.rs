@@ -1,7 +1,7 @@
 //! Pools: the admin's spec plus the reconciler's status.
 
 use chrono::{DateTime, Utc};
-use deskpool_domain::{GuestOs, OnRelease, PoolSpec, PoolState};
+use deskpool_domain::{GuestOs, OnRelease, PoolSpec, PoolState, ReadyWhen};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -35,8 +35,10 @@ pub struct Pool {
 pub struct PoolCounts {
     /// Desktops in `ready`.
     pub ready: u32,
-    /// Desktops in `pending`, `cloning` or `powering_on`.
+    /// Desktops in `pending`, `cloning`, `powering_on` or `booting`.
     pub provisioning: u32,
+    /// Of those, desktops in `booting` (powered on, waiting for the guest).
+    pub booting: u32,
     /// Desktops in `failed`.
     pub failed: u32,
     /// Desktops in `deleting`.
@@ -63,6 +65,9 @@ impl PoolCounts {
             _ => &mut self.provisioning,
         };
         *bucket = bucket.saturating_add(n);
+        if state == "booting" {
+            self.booting = self.booting.saturating_add(n);
+        }
     }
 }
 
@@ -89,6 +94,8 @@ struct PoolRow {
     min_spare: i32,
     claim_lease_secs: i32,
     on_release: String,
+    ready_timeout_secs: i32,
+    ready_when: String,
     state: String,
     last_error: Option<String>,
     consecutive_failures: i32,
@@ -126,6 +133,9 @@ impl TryFrom<PoolRow> for Pool {
             .state
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("pool {}: {e}", r.name)))?;
+        let ready_when = ReadyWhen::parse(&r.ready_when).ok_or_else(|| {
+            StoreError::Corrupt(format!("pool {}: ready_when '{}'", r.name, r.ready_when))
+        })?;
         Ok(Pool {
             id: r.id,
             spec: PoolSpec {
@@ -149,6 +159,8 @@ impl TryFrom<PoolRow> for Pool {
                 min_spare: to_u32(r.min_spare),
                 claim_lease_secs: to_u32(r.claim_lease_secs),
                 on_release,
+                ready_timeout_secs: to_u32(r.ready_timeout_secs),
+                ready_when,
             },
             state,
             last_error: r.last_error,
@@ -170,8 +182,9 @@ fn guest_os_str(g: GuestOs) -> &'static str {
 
 type PoolQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, PoolRow, sqlx::postgres::PgArguments>;
 
-/// Binds the spec's fields from `vcenter` to `on_release`, in column order (shared by insert and
-/// update, whose statements list them in the same order).
+/// Binds the spec's fields from `vcenter` to `on_release`, then `ready_timeout_secs` and
+/// `ready_when`, in column order (shared by insert and update, whose statements list them in
+/// the same order).
 fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
     query
         .bind(&spec.vcenter)
@@ -193,6 +206,8 @@ fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
         .bind(to_i32(spec.min_spare))
         .bind(to_i32(spec.claim_lease_secs))
         .bind(spec.on_release.as_str())
+        .bind(to_i32(spec.ready_timeout_secs))
+        .bind(spec.ready_when.as_str())
 }
 
 fn not_found(name: &str) -> StoreError {
@@ -208,9 +223,10 @@ pub async fn insert(conn: &mut PgConnection, spec: &PoolSpec) -> Result<Pool, St
     let query = sqlx::query_as(
         "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
              datastore, customization_spec, naming_pattern, guest_os, target_size, min_size, max_size,
-             power_on, max_concurrent_clones, enabled, min_spare, claim_lease_secs, on_release)
+             power_on, max_concurrent_clones, enabled, min_spare, claim_lease_secs, on_release,
+             ready_timeout_secs, ready_when)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-             $19, $20, $21)
+             $19, $20, $21, $22, $23)
          RETURNING *",
     )
     .bind(Uuid::new_v4())
@@ -344,7 +360,7 @@ pub async fn update_spec(
              resource_pool = $7, datastore = $8, customization_spec = $9, naming_pattern = $10,
              guest_os = $11, target_size = $12, min_size = $13, max_size = $14, power_on = $15,
              max_concurrent_clones = $16, enabled = $17, min_spare = $18, claim_lease_secs = $19,
-             on_release = $20,
+             on_release = $20, ready_timeout_secs = $21, ready_when = $22,
              state = CASE WHEN state = 'error' THEN 'ok' ELSE state END,
              last_error = CASE WHEN state = 'error' THEN NULL ELSE last_error END,
              snapshot_moref = CASE WHEN snapshot = $5 AND golden_vm = $4 AND vcenter = $2

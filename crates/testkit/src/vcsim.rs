@@ -139,6 +139,10 @@ pub struct VmInfo {
     pub snapshots: u32,
     /// Moref of `snapshot.currentSnapshot`, empty if none.
     pub current_snapshot: String,
+    /// `guest.toolsRunningStatus` (`guestToolsRunning` once VMware Tools run).
+    pub tools_running_status: String,
+    /// `guest.ipAddress`, empty when unset.
+    pub ip_address: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +339,15 @@ impl Vcsim {
     /// Affects tasks started afterwards.
     pub async fn set_config(&self, cfg: serde_json::Value) {
         self.post("/config", cfg).await;
+    }
+
+    /// Changes how guests boot (see tests/vcsim/guest.go): any subset of `{"delay_ms": n,
+    /// "rules": [{"pattern": "lab-00*", "no_tools": bool, "no_ip": bool, "first_ip":
+    /// "169.254.7.7", "customization_failure": "message"}]}`. After a power-on, VMware Tools
+    /// run `delay_ms` later (default 50) and the guest reports a 127.0.0.0/8 address
+    /// `delay_ms` after that. Affects power-ons from now on.
+    pub async fn set_guest(&self, guest: serde_json::Value) {
+        self.post("/guest", guest).await;
     }
 
     /// Objects living in SOAP sessions by type (`PropertyCollector`, `ContainerView`,

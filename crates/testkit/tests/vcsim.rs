@@ -488,3 +488,116 @@ async fn injected_destroy_fault_and_clone_answer_delay() {
         .contains("<state>success</state>"));
     assert!(sim.vms(Some("pool-a")).await.is_empty());
 }
+
+/// Waits until `check` holds for the VM named `name` in `GET /vms`; returns it.
+async fn wait_vm(
+    sim: &Vcsim,
+    name: &str,
+    what: &str,
+    check: impl Fn(&deskpool_testkit::vcsim::VmInfo) -> bool,
+) -> deskpool_testkit::vcsim::VmInfo {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let vm = sim.vms(None).await.into_iter().find(|v| v.name == name);
+        if let Some(vm) = vm.filter(|v| check(v)) {
+            return vm;
+        }
+        assert!(Instant::now() < deadline, "{name}: {what} never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn guests_start_tools_then_report_an_address_and_power_off_clears_it() {
+    let sim = Vcsim::start(VcsimOptions {
+        folders: vec!["pool-g".into()],
+        ..Default::default()
+    })
+    .await;
+    sim.set_guest(serde_json::json!({"delay_ms": 100, "rules": [
+        {"pattern": "g-noip", "no_ip": true},
+        {"pattern": "g-ll*", "first_ip": "169.254.7.7"},
+    ]}))
+    .await;
+    let soap = Soap::new(&sim);
+    soap.login(&sim.username, &sim.password).await;
+    let golden = sim.golden().await;
+    let folder = sim.create_folder("pool-g").await;
+    let mut vms = Vec::new();
+    for (i, name) in ["g-ok", "g-noip", "g-ll1"].iter().enumerate() {
+        let task = soap
+            .linked_clone(
+                &golden.moref,
+                &folder,
+                &golden.current_snapshot,
+                name,
+                &format!("6d2b6c1e-0000-4000-8000-00000000000{i}"),
+            )
+            .await;
+        let info = soap.wait_task(&task).await;
+        let result = between(&info, "<result ", "</result>");
+        let vm = result[result.find('>').unwrap() + 1..].to_owned();
+        let fresh = sim.vms(Some("pool-g")).await;
+        let v = fresh.iter().find(|v| v.moref == vm).unwrap();
+        assert_ne!(
+            v.tools_running_status, "guestToolsRunning",
+            "powered off: no Tools"
+        );
+        assert!(v.ip_address.is_empty());
+        vms.push(vm);
+    }
+    for vm in &vms {
+        let (code, body) = soap
+            .call(&format!(
+                r#"<PowerOnVM_Task xmlns="urn:vim25"><_this type="VirtualMachine">{vm}</_this></PowerOnVM_Task>"#
+            ))
+            .await;
+        assert_eq!(code, 200, "{body}");
+        soap.wait_task(between(&body, r#"<returnval type="Task">"#, "</returnval>"))
+            .await;
+    }
+    // Right after the power-on the guest is not up yet.
+    let now = sim.vms(Some("pool-g")).await;
+    assert!(
+        now.iter().all(|v| v.ip_address.is_empty()),
+        "an address before the guest booted: {now:?}"
+    );
+    let ok = wait_vm(&sim, "g-ok", "an address", |v| !v.ip_address.is_empty()).await;
+    assert_eq!(ok.tools_running_status, "guestToolsRunning");
+    assert!(ok.ip_address.starts_with("127."), "{}", ok.ip_address);
+    wait_vm(&sim, "g-ll1", "a link-local address first", |v| {
+        v.ip_address == "169.254.7.7"
+    })
+    .await;
+    let ll = wait_vm(&sim, "g-ll1", "the real address", |v| {
+        v.ip_address.starts_with("127.")
+    })
+    .await;
+    assert_ne!(ll.ip_address, ok.ip_address, "one address per VM");
+    let noip = wait_vm(&sim, "g-noip", "Tools running", |v| {
+        v.tools_running_status == "guestToolsRunning"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let noip = wait_vm(&sim, "g-noip", "still no address", |v| {
+        v.moref == noip.moref
+    })
+    .await;
+    assert!(noip.ip_address.is_empty(), "{noip:?}");
+
+    let (code, body) = soap
+        .call(&format!(
+            r#"<PowerOffVM_Task xmlns="urn:vim25"><_this type="VirtualMachine">{}</_this></PowerOffVM_Task>"#,
+            ok.moref
+        ))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    soap.wait_task(between(&body, r#"<returnval type="Task">"#, "</returnval>"))
+        .await;
+    let off = wait_vm(&sim, "g-ok", "Tools stopped", |v| {
+        v.power_state == "poweredOff"
+    })
+    .await;
+    assert_eq!(off.tools_running_status, "guestToolsNotRunning");
+    assert!(off.ip_address.is_empty(), "{off:?}");
+}

@@ -60,6 +60,7 @@ fn service_content() {
         sc.customization_spec_manager,
         Some(m("CustomizationSpecManager", "CustomizationSpecManager"))
     );
+    assert_eq!(sc.event_manager, Some(m("EventManager", "EventManager")));
     assert_eq!(
         sc.about.full_name,
         "VMware vCenter Server 6.5.0 build-5973321"

@@ -67,7 +67,7 @@ pub use types::{
     About, CustomizationSpecXml, LinkedCloneSpec, MissingProperty, Placement, PlacementRule,
     TaskInfo, TaskState, VmInfo,
 };
-pub use vm_watch::{VmChange, VmEvent, VmExpect, VmWatch};
+pub use vm_watch::{Customization, GuestReport, VmChange, VmEvent, VmExpect, VmWatch};
 
 /// Response parsing entry points, exposed for fuzzing and benchmarks only: not a stable API.
 #[doc(hidden)]

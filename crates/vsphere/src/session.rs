@@ -582,6 +582,14 @@ impl ServerObjects {
         Ok(pc)
     }
 
+    /// An `EventHistoryCollector` made by `CreateCollectorForEvents` with `body`.
+    pub(crate) async fn create_event_collector(&mut self, body: String) -> Result<MoRef, Error> {
+        const M: &str = "CreateCollectorForEvents";
+        let c = soap::parse_moref(M, &self.session.call(M, body).await?.body()?)?;
+        self.objects.push(("DestroyCollector", c.clone()));
+        Ok(c)
+    }
+
     /// A view made by `method` (`CreateContainerView`, `CreateListView`) with `body`.
     pub(crate) async fn create_view(
         &mut self,

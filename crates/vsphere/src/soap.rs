@@ -100,6 +100,8 @@ pub(crate) struct ServiceContent {
     pub search_index: MoRef,
     pub session_manager: MoRef,
     pub customization_spec_manager: Option<MoRef>,
+    /// Where events are read (vCenter and ESX both have one).
+    pub event_manager: Option<MoRef>,
     pub about: About,
 }
 
@@ -126,6 +128,7 @@ pub(crate) fn parse_service_content(resp: &Node) -> Result<ServiceContent, Error
         customization_spec_manager: rv
             .child("customizationSpecManager")
             .and_then(Node::as_moref),
+        event_manager: rv.child("eventManager").and_then(Node::as_moref),
         about: About {
             full_name: t("fullName"),
             api_version: t("apiVersion"),

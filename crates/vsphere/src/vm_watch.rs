@@ -1,6 +1,8 @@
 //! Watching VMs: one ContainerView over the whole inventory on a dedicated PropertyCollector,
 //! followed with `WaitForUpdatesEx` long polls. Changes to any VM (appeared, power state
-//! changed, gone) reach the caller in batches, without polling any VM.
+//! changed, gone, what VMware Tools report of its guest) reach the caller in batches, without
+//! polling any VM. The same collector follows the `latestPage` of an EventHistoryCollector
+//! filtered to the guest customization events, so their outcome arrives the same way.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,7 +29,49 @@ pub enum VmChange {
     /// invalid, or its properties answered with a `missingSet`). It still exists; a later
     /// change reports it readable again (`Present` or `Power`).
     Inaccessible,
+    /// What VMware Tools report of the guest changed (reported with `Present` too, after each
+    /// (re)start of the watch: what they report then).
+    Guest(GuestReport),
+    /// vCenter posted a guest customization event for the VM.
+    Customization(Customization),
 }
+
+/// The `guest.*` properties an update carried. A field is None when the update did not
+/// carry that property, `Some("")` when the property is unset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestReport {
+    /// `guest.toolsRunningStatus`: `guestToolsRunning` once VMware Tools run.
+    pub tools_running_status: Option<String>,
+    /// `guest.ipAddress`: the guest's primary address.
+    pub ip_address: Option<String>,
+}
+
+/// A guest customization event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Customization {
+    /// `CustomizationStartedEvent`.
+    Started,
+    /// `CustomizationSucceeded`.
+    Succeeded,
+    /// A `CustomizationFailed` event (or one of its subtypes), with vCenter's message.
+    Failed(String),
+}
+
+/// The customization events the watch follows: every concrete type vim25 has (vCenter
+/// matches `eventTypeId` by exact type).
+const CUSTOMIZATION_EVENTS: &[&str] = &[
+    "CustomizationStartedEvent",
+    "CustomizationSucceeded",
+    "CustomizationFailed",
+    "CustomizationSysprepFailed",
+    "CustomizationLinuxIdentityFailed",
+    "CustomizationNetworkSetupFailed",
+    "CustomizationUnknownFailure",
+];
+
+/// Events the collector keeps in `latestPage`: events posted between two answers beyond
+/// this many are not seen (a desktop whose success was missed fails at its ready timeout).
+const EVENT_PAGE: u32 = 200;
 
 /// One VM's change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,16 +131,27 @@ impl VmExpect {
 /// `WaitForUpdatesEx` per change. Nothing is lost meanwhile: the next answer holds every change
 /// since the last version. The VM watch only catches changes made outside deskpool (a VM
 /// destroyed or powered off by hand), where a second does not matter.
-const COALESCE: Duration = Duration::from_secs(1);
+///
+/// Guests coming up (Tools running, an address) are reported this way too, so a desktop
+/// becomes ready up to this long after its guest is up: short enough not to matter next to
+/// a boot, long enough to keep a filling pool's boots in a few answers.
+const COALESCE: Duration = Duration::from_millis(250);
 
 /// VM properties the watch follows.
-const WATCHED: &[&str] = &["runtime.powerState", "runtime.connectionState"];
+const WATCHED: &[&str] = &[
+    "runtime.powerState",
+    "runtime.connectionState",
+    "guest.toolsRunningStatus",
+    "guest.ipAddress",
+];
 
 struct Watch {
-    /// Destroys the collector and the view whichever way the watch ends.
+    /// Destroys the collectors and the view whichever way the watch ends.
     objects: ServerObjects,
     pc: MoRef,
     version: String,
+    /// The newest customization event reported (event keys grow).
+    last_event: i64,
 }
 
 async fn setup(session: &Arc<Session>) -> Result<Watch, Error> {
@@ -119,11 +174,54 @@ async fn setup(session: &Arc<Session>) -> Result<Watch, Error> {
     req::filter_spec_view(&mut w, "VirtualMachine", WATCHED, &view);
     w.close("spec").boolean("partialUpdates", false);
     session.call(CF, w.finish()).await?;
+
+    if let Some(em) = &content.event_manager {
+        // Without it customization outcomes are not learnt (such desktops fail at their ready
+        // timeout); the VMs are still watched.
+        if let Err(e) = watch_customization(session, &mut objects, &pc, em).await {
+            if matches!(e, Error::Closed) {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "cannot follow guest customization events; desktops of pools with a customization spec will fail at their ready timeout");
+        }
+    }
     Ok(Watch {
         objects,
         pc,
         version: String::new(),
+        last_event: 0,
     })
+}
+
+/// Adds the customization events' `latestPage` to the watch's collector.
+async fn watch_customization(
+    session: &Arc<Session>,
+    objects: &mut ServerObjects,
+    pc: &MoRef,
+    event_manager: &MoRef,
+) -> Result<(), Error> {
+    let mut w = Writer::new();
+    w.moref("_this", event_manager).open("filter");
+    for t in CUSTOMIZATION_EVENTS {
+        w.text("eventTypeId", t);
+    }
+    w.close("filter");
+    let collector = objects.create_event_collector(w.finish()).await?;
+    let mut w = Writer::new();
+    w.moref("_this", &collector)
+        .text("maxCount", &EVENT_PAGE.to_string());
+    session.call("SetCollectorPageSize", w.finish()).await?;
+    let mut w = Writer::new();
+    w.moref("_this", pc).open("spec");
+    req::filter_spec_objects(
+        &mut w,
+        "EventHistoryCollector",
+        &["latestPage"],
+        &[&collector],
+    );
+    w.close("spec").boolean("partialUpdates", false);
+    session.call("CreateFilter", w.finish()).await?;
+    Ok(())
 }
 
 /// `soon`: answer within a second even if nothing changes (announced VMs wait for a verdict).
@@ -152,15 +250,109 @@ async fn poll(
     if let Some(v) = set.version {
         watch.version = v;
     }
-    let events = set
-        .updates
-        .iter()
-        .map(|u| VmEvent {
+    let mut events = Vec::new();
+    for u in &set.updates {
+        if u.obj.kind == "EventHistoryCollector" {
+            customization_events(u, &mut watch.last_event, &mut events);
+            continue;
+        }
+        events.extend(changes_of(u).into_iter().map(|change| VmEvent {
             vm: u.obj.clone(),
-            change: change_of(u),
-        })
-        .collect();
+            change,
+        }));
+    }
     Ok((events, set.truncated))
+}
+
+/// The customization events of a `latestPage` newer than `last`, oldest first.
+fn customization_events(u: &ObjectUpdate<'_>, last: &mut i64, out: &mut Vec<VmEvent>) {
+    let Some(Some(page)) = u
+        .changes
+        .iter()
+        .find(|(name, _)| name == "latestPage")
+        .map(|(_, v)| v.as_ref())
+    else {
+        return;
+    };
+    let mut found: Vec<(i64, VmEvent)> = Vec::new();
+    for ev in &page.children {
+        let Some(key) = ev
+            .child_text("key")
+            .and_then(|k| k.trim().parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let Some(vm) = ev
+            .child("vm")
+            .and_then(|v| v.child("vm"))
+            .and_then(|v| v.as_moref())
+        else {
+            continue;
+        };
+        if key <= *last {
+            continue;
+        }
+        let kind = ev.xsi_type_local().unwrap_or(&ev.name);
+        let change = match kind {
+            "CustomizationStartedEvent" => Customization::Started,
+            "CustomizationSucceeded" => Customization::Succeeded,
+            k if (k.starts_with("Customization") && k.ends_with("Failed"))
+                || k == "CustomizationUnknownFailure" =>
+            {
+                let message = ev
+                    .child_text("fullFormattedMessage")
+                    .filter(|m| !m.trim().is_empty())
+                    .or_else(|| ev.child_text("reason").filter(|m| !m.trim().is_empty()))
+                    .map_or_else(|| format!("{k} (vCenter gave no message)"), str::to_owned);
+                Customization::Failed(message)
+            }
+            _ => continue,
+        };
+        found.push((
+            key,
+            VmEvent {
+                vm,
+                change: VmChange::Customization(change),
+            },
+        ));
+    }
+    found.sort_by_key(|(k, _)| *k);
+    if let Some((k, _)) = found.last() {
+        *last = *k;
+    }
+    out.extend(found.into_iter().map(|(_, e)| e));
+}
+
+/// What one object update means for the VM: its change, and what Tools report if the update
+/// carried `guest.*` properties.
+fn changes_of(u: &ObjectUpdate<'_>) -> Vec<VmChange> {
+    let guest = |prop: &str| {
+        u.changes
+            .iter()
+            .find(|(name, _)| name == prop)
+            .map(|(_, v)| {
+                v.as_ref()
+                    .map_or_else(String::new, |v| v.text.trim().to_owned())
+            })
+    };
+    let report = GuestReport {
+        tools_running_status: guest("guest.toolsRunningStatus"),
+        ip_address: guest("guest.ipAddress"),
+    };
+    let has_guest = report != GuestReport::default();
+    let only_guest = u.kind == "modify"
+        && u.missing.is_empty()
+        && u.changes.iter().all(|(name, _)| name.starts_with("guest."));
+    let mut out = Vec::new();
+    let change = change_of(u);
+    let readable = !matches!(change, VmChange::Gone | VmChange::Inaccessible);
+    if !(only_guest && has_guest) {
+        out.push(change);
+    }
+    if has_guest && readable {
+        out.push(VmChange::Guest(report));
+    }
+    out
 }
 
 /// What one object update means for the VM.
@@ -224,6 +416,8 @@ async fn run(
                 for e in &events {
                     match e.change {
                         VmChange::Gone => known.remove(&e.vm),
+                        // Events name VMs that may be long gone.
+                        VmChange::Customization(_) => false,
                         _ => known.insert(e.vm.clone()),
                     };
                 }
@@ -327,5 +521,67 @@ mod tests {
         ] {
             assert_eq!(update(&xml), want, "{xml}");
         }
+    }
+
+    #[test]
+    fn guest_properties_are_reported_with_or_without_a_power_change() {
+        let doc = |xml: &str| {
+            format!(
+                r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><WaitForUpdatesExResponse xmlns="urn:vim25"><returnval><version>1</version><filterSet><objectSet><obj type="VirtualMachine">vm-1</obj>{xml}</objectSet></filterSet></returnval></WaitForUpdatesExResponse></soapenv:Body></soapenv:Envelope>"#
+            )
+        };
+        let changes = |xml: &str| {
+            let d = doc(xml);
+            let set = soap::parse_update_set(soap::decode("W", d.as_bytes()).unwrap()).unwrap();
+            changes_of(&set.updates[0])
+        };
+        let tools = r#"<changeSet><name>guest.toolsRunningStatus</name><op>assign</op><val>guestToolsRunning</val></changeSet>"#;
+        let ip = r#"<changeSet><name>guest.ipAddress</name><op>assign</op></changeSet>"#;
+        let power = r#"<changeSet><name>runtime.powerState</name><op>assign</op><val>poweredOn</val></changeSet>"#;
+        let guest = VmChange::Guest(GuestReport {
+            tools_running_status: Some("guestToolsRunning".into()),
+            ip_address: Some(String::new()),
+        });
+        assert_eq!(
+            changes(&format!("<kind>modify</kind>{tools}{ip}")),
+            vec![guest.clone()]
+        );
+        assert_eq!(
+            changes(&format!("<kind>enter</kind>{power}{tools}{ip}")),
+            vec![VmChange::Present(Some(PowerState::PoweredOn)), guest]
+        );
+        assert_eq!(
+            changes(&format!("<kind>modify</kind>{power}")),
+            vec![VmChange::Power(PowerState::PoweredOn)]
+        );
+        assert_eq!(changes("<kind>leave</kind>"), vec![VmChange::Gone]);
+    }
+
+    #[test]
+    fn customization_events_are_read_once_oldest_first() {
+        let d = r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><WaitForUpdatesExResponse xmlns="urn:vim25"><returnval><version>1</version><filterSet><objectSet><obj type="EventHistoryCollector">session[1]c</obj><kind>modify</kind><changeSet><name>latestPage</name><op>assign</op><val xsi:type="ArrayOfEvent"><Event xsi:type="CustomizationSysprepFailed"><key>9</key><vm><name>d2</name><vm type="VirtualMachine">vm-2</vm></vm><fullFormattedMessage>Sysprep failed</fullFormattedMessage></Event><Event xsi:type="CustomizationSucceeded"><key>7</key><vm><name>d1</name><vm type="VirtualMachine">vm-1</vm></vm></Event><Event xsi:type="CustomizationStartedEvent"><key>5</key><vm><name>d1</name><vm type="VirtualMachine">vm-1</vm></vm></Event></val></changeSet></objectSet></filterSet></returnval></WaitForUpdatesExResponse></soapenv:Body></soapenv:Envelope>"#;
+        let set = soap::parse_update_set(soap::decode("W", d.as_bytes()).unwrap()).unwrap();
+        let mut last = 5;
+        let mut out = Vec::new();
+        customization_events(&set.updates[0], &mut last, &mut out);
+        let got: Vec<(String, VmChange)> =
+            out.into_iter().map(|e| (e.vm.value, e.change)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "vm-1".into(),
+                    VmChange::Customization(Customization::Succeeded)
+                ),
+                (
+                    "vm-2".into(),
+                    VmChange::Customization(Customization::Failed("Sysprep failed".into()))
+                ),
+            ]
+        );
+        assert_eq!(last, 9);
+        let mut again = Vec::new();
+        customization_events(&set.updates[0], &mut last, &mut again);
+        assert!(again.is_empty(), "{again:?}");
     }
 }

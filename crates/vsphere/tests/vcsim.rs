@@ -747,7 +747,8 @@ async fn keepalive_prevents_idle_expiry() {
 }
 
 /// Waits for the next batch of the VM watch that mentions `vm` with something other than
-/// `Present` (the restatement after a start), up to a few seconds.
+/// `Present` (the restatement after a start), `Guest` or `Customization` (what VMware Tools
+/// report as the guest boots, tested on their own), up to a few seconds.
 async fn next_changes(
     rx: &mut deskpool_vsphere::VmWatch,
     vm: &MoRef,
@@ -763,7 +764,13 @@ async fn next_changes(
         seen.extend(
             batch
                 .into_iter()
-                .filter(|e| &e.vm == vm && !matches!(e.change, VmChange::Present(_)))
+                .filter(|e| {
+                    &e.vm == vm
+                        && !matches!(
+                            e.change,
+                            VmChange::Present(_) | VmChange::Guest(_) | VmChange::Customization(_)
+                        )
+                })
                 .map(|e| e.change),
         );
     }
@@ -1085,4 +1092,162 @@ async fn clone_with_power_on_runs_the_vm_when_the_task_ends() {
     assert!(took(&clones[1]) >= CLONE_DELAY, "{clones:?}");
     sim.reset_stats().await;
     assert!(sim.clones().await.is_empty());
+}
+
+/// The watch reports what VMware Tools say of a guest as it boots (Tools running, then an
+/// address), a customization's outcome from vCenter's events, and a power-off clearing Tools
+/// and the address; all without a call per VM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_watch_reports_guest_tools_address_and_customization_outcome() {
+    use deskpool_vsphere::{Customization, GuestReport, VmChange};
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    sim.set_guest(serde_json::json!({"rules": [
+        {"pattern": "cust-bad", "customization_failure": "sysprep exited with code 31"},
+    ]}))
+    .await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let cs = vc.customization_spec("vcsim-linux").await.unwrap();
+    let mut watch = vc.watch_vms();
+    let mut vms = Vec::new();
+    for name in ["plain", "cust-ok", "cust-bad"] {
+        let mut s = spec(&p, name);
+        if name != "plain" {
+            s.customization = Some(cs.clone());
+        }
+        let vm = vc
+            .wait_task(&vc.clone_linked(&p.golden, &s).await.unwrap())
+            .await
+            .unwrap()
+            .expect("clone result");
+        vms.push(vm);
+    }
+    let calls_before = sim.stats().await.soap_calls;
+    for vm in &vms {
+        vc.wait_task(&vc.power_on(vm).await.unwrap()).await.unwrap();
+    }
+    let (plain, ok, bad) = (&vms[0], &vms[1], &vms[2]);
+    let mut ip = std::collections::HashMap::new();
+    let mut tools = std::collections::HashMap::new();
+    let mut outcome = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ip.len() < 3 || outcome.len() < 2 {
+        let batch = tokio::time::timeout_at(deadline, watch.recv())
+            .await
+            .unwrap_or_else(|_| panic!("guests never came up: ip {ip:?} outcome {outcome:?}"))
+            .expect("watch running");
+        for e in batch {
+            match e.change {
+                VmChange::Guest(g) => {
+                    if let Some(t) = g.tools_running_status {
+                        tools.insert(e.vm.clone(), t);
+                    }
+                    if let Some(a) = g.ip_address.filter(|a| !a.is_empty()) {
+                        ip.insert(e.vm.clone(), a);
+                    }
+                }
+                VmChange::Customization(c) if c != Customization::Started => {
+                    outcome.insert(e.vm.clone(), c);
+                }
+                _ => {}
+            }
+        }
+    }
+    for vm in &vms {
+        assert_eq!(tools[vm], "guestToolsRunning");
+        assert!(ip[vm].starts_with("127."), "{}", ip[vm]);
+    }
+    assert!(!outcome.contains_key(plain), "no customization, no event");
+    assert_eq!(outcome[ok], Customization::Succeeded);
+    match &outcome[bad] {
+        Customization::Failed(msg) => {
+            assert!(msg.contains("sysprep exited with code 31"), "{msg}")
+        }
+        other => panic!("cust-bad: {other:?}"),
+    }
+    let calls = sim.stats().await.soap_calls;
+    for m in [
+        "RetrieveProperties",
+        "RetrievePropertiesEx",
+        "QueryEvents",
+        "ReadNextEvents",
+    ] {
+        assert_eq!(
+            calls.get(m).copied().unwrap_or(0),
+            calls_before.get(m).copied().unwrap_or(0),
+            "{m}: the guest was polled"
+        );
+    }
+
+    vc.wait_task(&vc.power_off(plain).await.unwrap())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let batch = tokio::time::timeout_at(deadline, watch.recv())
+            .await
+            .expect("no guest change after the power-off")
+            .expect("watch running");
+        let cleared = batch.iter().any(|e| {
+            &e.vm == plain
+                && e.change
+                    == VmChange::Guest(GuestReport {
+                        tools_running_status: Some("guestToolsNotRunning".into()),
+                        ip_address: Some(String::new()),
+                    })
+        });
+        if cleared {
+            break;
+        }
+    }
+}
+
+/// Watches dropped while VMs power on and off (every power change posts events to the
+/// watches' event collectors) never wedge the simulator: govmomi 0.24.2 locks the
+/// EventManager then a collector to post, the collector then the EventManager to destroy it;
+/// the harness takes a destroyed collector off the EventManager's list first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_vm_watches_during_power_changes_never_wedges_the_simulator() {
+    let sim = Vcsim::start(VcsimOptions::default()).await;
+    let vc = connect(&sim).await;
+    let p = placement(&vc, &sim, "DC0/vm").await;
+    let mut vms = Vec::new();
+    for i in 0..4 {
+        let vm = vc
+            .wait_task(
+                &vc.clone_linked(&p.golden, &spec(&p, &format!("flip-{i}")))
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .expect("clone result");
+        vms.push(vm);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flippers = Vec::new();
+    for vm in vms {
+        let (admin, stop) = (connect(&sim).await, std::sync::Arc::clone(&stop));
+        flippers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = admin.wait_task(&admin.power_on(&vm).await.unwrap()).await;
+                let _ = admin.wait_task(&admin.power_off(&vm).await.unwrap()).await;
+            }
+        }));
+    }
+    for _ in 0..30 {
+        let mut watch = vc.watch_vms();
+        tokio::time::timeout(Duration::from_secs(20), watch.recv())
+            .await
+            .expect("the simulator stopped answering (deadlocked?)")
+            .expect("watch running");
+        drop(watch);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flippers {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("power changes stopped finishing: the simulator is wedged")
+            .unwrap();
+    }
 }

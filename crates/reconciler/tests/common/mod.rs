@@ -67,6 +67,8 @@ pub fn spec(name: &str, target: u32, concurrency: u32) -> PoolSpec {
         min_spare: 0,
         claim_lease_secs: 86_400,
         on_release: deskpool_domain::OnRelease::Delete,
+        ready_timeout_secs: deskpool_domain::DEFAULT_READY_TIMEOUT_SECS,
+        ready_when: deskpool_domain::ReadyWhen::GuestIp,
     }
 }
 

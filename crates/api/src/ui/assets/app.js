@@ -382,7 +382,8 @@
       const s = pool.status;
       const items = [
         ['State', badge(s.state, s.paused ? 'paused' : null)],
-        ['Target', s.target], ['Ready', s.ready], ['Provisioning', s.provisioning],
+        ['Target', s.target], ['Ready', s.ready],
+        ['Provisioning', s.booting ? `${s.provisioning} (${s.booting} booting)` : s.provisioning],
         ['Failed', s.failed], ['Deleting', s.deleting],
         ['Bounds', `${pool.spec.min_size}–${pool.spec.max_size}`],
         ['Snapshot', `${pool.spec.snapshot}${s.snapshot_moref ? ` (${s.snapshot_moref})` : ''}`],
