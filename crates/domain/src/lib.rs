@@ -5,6 +5,7 @@
 //! Nothing here knows about HTTP, SQL or SOAP: every type is plain data, so the rules can be
 //! tested (and property-tested) in isolation.
 
+mod destroy;
 mod naming;
 mod ownership;
 mod plan;
@@ -12,6 +13,7 @@ mod spec;
 mod state;
 mod step;
 
+pub use destroy::{after_destroy_failure, AfterDestroyFailure};
 pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
 pub use plan::{plan, Plan, PlanDesktop, PlanInput};

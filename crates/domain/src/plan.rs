@@ -18,6 +18,8 @@ pub struct PlanDesktop {
     pub state: DesktopState,
     /// Last known power state (false when unknown).
     pub powered_on: bool,
+    /// deskpool gave up destroying its VM (`failed`, kept until an admin deletes it again).
+    pub destroy_given_up: bool,
 }
 
 /// The inputs of one planning pass for one pool.
@@ -55,6 +57,12 @@ impl Plan {
     }
 }
 
+/// Removed whatever the target: a failed desktop, unless deskpool gave up destroying its VM
+/// (then it stays, holding its index, until an admin deletes it again).
+fn removed_whatever_the_target(d: &PlanDesktop) -> bool {
+    d.state == DesktopState::Failed && !d.destroy_given_up
+}
+
 /// Removal preference: lower goes first. Failed desktops, then those still provisioning,
 /// then powered-off ready ones, then the rest; within a rank the highest index first.
 fn removal_rank(d: &PlanDesktop) -> (u8, std::cmp::Reverse<u32>) {
@@ -83,7 +91,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             input
                 .desktops
                 .iter()
-                .filter(|d| d.state == DesktopState::Failed)
+                .filter(|d| removed_whatever_the_target(d))
                 .map(|d| d.id),
         );
         if counted > input.target {
@@ -133,6 +141,7 @@ mod tests {
             index,
             state,
             powered_on,
+            destroy_given_up: false,
         }
     }
 
@@ -188,6 +197,19 @@ mod tests {
         i.may_create = false;
         i.may_delete = false;
         assert!(plan(&i).is_empty());
+    }
+
+    #[test]
+    fn a_desktop_given_up_on_is_kept_and_keeps_its_index() {
+        let given_up = PlanDesktop {
+            destroy_given_up: true,
+            ..view(2, DesktopState::Failed, true)
+        };
+        let ds = [view(1, DesktopState::Ready, true), given_up];
+        let p = plan(&input(3, &ds));
+        assert!(p.delete.is_empty(), "{p:?}");
+        assert_eq!(p.create, vec![3, 4], "replaced under another index");
+        assert!(plan(&input(0, &ds)).delete == vec![Uuid::from_u128(1)]);
     }
 
     #[test]

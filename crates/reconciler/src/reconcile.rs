@@ -124,6 +124,7 @@ pub(crate) async fn reconcile(
             index: d.index,
             state: d.state,
             powered_on: d.powered_on,
+            destroy_given_up: d.destroy_given_up_at.is_some(),
         })
         .collect();
     let global_slots = vc.permits.available_permits() as u32;

@@ -290,3 +290,113 @@ async fn permanent_clone_faults_put_the_pool_in_error_with_the_message(
             .all(|d| d.state == DesktopState::Ready));
     }
 }
+
+/// The VM of `desktop` in the pool's folder.
+async fn vm_of(sim: &Vcsim, folder: &str, desktop: &str) -> deskpool_testkit::vcsim::VmInfo {
+    sim.vms(Some(folder))
+        .await
+        .into_iter()
+        .find(|v| v.name == desktop)
+        .unwrap_or_else(|| panic!("no VM {desktop} in {folder}"))
+}
+
+/// #12 item 6: a destroy that can never succeed (`NoPermission`) is counted against its
+/// desktop, which is marked failed with the reason after the configured number of tries and
+/// then left alone; the pool is not held in backoff meanwhile and keeps provisioning. An
+/// admin's delete, once the cause is fixed, destroys it.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_vm_that_cannot_be_destroyed_fails_its_desktop_and_the_pool_goes_on(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"])).await;
+    create_pool(&db, &spec("lab", 2, 2)).await;
+    // Tries 2 s apart: the desktops asked for meanwhile must not wait for the give-up.
+    let mut cfg = config("a");
+    cfg.backoff_base = Duration::from_secs(2);
+    cfg.backoff_max = Duration::from_secs(2);
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], cfg);
+    converged(&db, &sim, "lab", 2).await;
+    let stuck = vm_of(&sim, "lab", "lab-002").await;
+    sim.set_faults(
+        serde_json::json!({"destroy_fault": "NoPermission", "destroy_fault_vms": [stuck.moref]}),
+    )
+    .await;
+    // Shrink (lab-002 goes) and grow at once: the pool must fill while the destroy fails.
+    set_target(&db, "lab", 1).await;
+    eventually("the destroy of lab-002 to fail once", || async {
+        (sim.faults().await["destroy_faults_raised"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    set_target(&db, "lab", 3).await;
+    let failed = eventually("lab-002 marked failed after its tries", || async {
+        rows(&db, "lab")
+            .await
+            .into_iter()
+            .find(|d| d.name == "lab-002" && d.state == DesktopState::Failed)
+    })
+    .await;
+    let why = failed.last_error.unwrap_or_default();
+    assert!(
+        why.contains("NoPermission") && why.contains("5 tries") && why.contains(&stuck.moref),
+        "{why}"
+    );
+    eventually("three ready desktops besides the failed one", || async {
+        let r = rows(&db, "lab").await;
+        let ready = r.iter().filter(|d| d.state == DesktopState::Ready).count();
+        (ready == 3 && r.len() == 4).then_some(())
+    })
+    .await;
+    // The pool was not held back by the failing destroy: its new desktops were ready before
+    // deskpool gave up (4 tries, 2 s apart, after the first).
+    let order: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT kind, desktop FROM events WHERE pool = 'lab' AND kind IN ('desktop_ready', 'destroy_given_up') ORDER BY id",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let given_up = order
+        .iter()
+        .position(|(k, _)| k == "destroy_given_up")
+        .expect("no destroy_given_up event");
+    for name in ["lab-003", "lab-004"] {
+        let ready = order
+            .iter()
+            .position(|(k, d)| k == "desktop_ready" && d.as_deref() == Some(name));
+        assert!(ready.is_some_and(|r| r < given_up), "{name}: {order:?}");
+    }
+    // Given up: no further tries, the VM is still there, the pool is fine.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sim.faults().await["destroy_faults_raised"], 5);
+    assert!(sim
+        .vms(Some("lab"))
+        .await
+        .iter()
+        .any(|v| v.moref == stuck.moref));
+    let p = pool(&db, "lab").await;
+    assert_eq!((p.state, p.consecutive_failures), (PoolState::Ok, 0));
+    let r = rows(&db, "lab").await;
+    assert_eq!(r.len(), 4, "{r:?}");
+    assert!(
+        r.iter()
+            .any(|d| d.name == "lab-002" && d.state == DesktopState::Failed),
+        "{r:?}"
+    );
+
+    // Fixed: an admin's delete destroys it.
+    sim.set_faults(serde_json::json!({"destroy_fault": ""}))
+        .await;
+    let mut tx = db.begin().await.unwrap();
+    deskpool_store::desktops::mark_deleting(&mut tx, &[failed.id])
+        .await
+        .unwrap();
+    deskpool_store::notify_pool(&mut tx, "lab").await.unwrap();
+    tx.commit().await.unwrap();
+    converged(&db, &sim, "lab", 3).await;
+    assert!(sim
+        .vms(Some("lab"))
+        .await
+        .iter()
+        .all(|v| v.moref != stuck.moref));
+}
