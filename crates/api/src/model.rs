@@ -174,6 +174,13 @@ pub struct DesktopView {
     pub updated_at: DateTime<Utc>,
     /// When the desktop became ready.
     pub ready_at: Option<DateTime<Utc>>,
+    /// vCenter cannot read the desktop's VM (a datastore outage): the desktop is kept as it
+    /// is until the VM is readable again.
+    pub inaccessible: bool,
+    /// Failed tries to destroy the desktop's VM since it was marked for deletion; once
+    /// `reconciler.destroy_tries` is reached the desktop is `failed` and left alone until
+    /// deleted again.
+    pub destroy_failures: u32,
 }
 
 impl DesktopView {
@@ -192,6 +199,8 @@ impl DesktopView {
             created_at: d.created_at,
             updated_at: d.updated_at,
             ready_at: d.ready_at,
+            inaccessible: d.inaccessible,
+            destroy_failures: d.destroy_failures,
         }
     }
 }

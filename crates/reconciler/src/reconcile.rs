@@ -172,6 +172,7 @@ pub(crate) async fn reconcile(
         }
     }
 
+    let problem = problem.or_else(|| compare::inaccessible_note(&rows));
     if ctx.scheduler.backoff_until(&name).is_some() {
         // vCenter work waits for the backoff to end (the pool is looked at again then).
         if problem.is_some() {

@@ -743,6 +743,17 @@ async fn destroy_vm(client: &Client, vm: &MoRef, owner: Option<&str>) -> Result<
     let Some(info) = client.vm_info(vm).await? else {
         return Ok(false);
     };
+    if info.inaccessible {
+        // Its instance UUID cannot be read, so it cannot be told to be deskpool's: wait until
+        // vCenter can read it again.
+        return Err(VsError::Fault(Fault::new(
+            FaultKind::InaccessibleDatastore,
+            format!(
+                "VM {} ({vm}) is inaccessible: its datastore cannot be reached",
+                info.name
+            ),
+        )));
+    }
     if let Some(uuid) = owner {
         if !info
             .instance_uuid
@@ -923,6 +934,12 @@ async fn delete(
                         Ok(destroyed) => destroyed,
                         Err(e) if counts_against_desktop(&e) => {
                             return destroy_failed(ctx, pool, &d, Some(vm), e).await;
+                        }
+                        // The VM cannot be read (datastore outage): this desktop waits; the
+                        // pool is not held back.
+                        Err(e) if is_fault(&e, |k| *k == FaultKind::InaccessibleDatastore) => {
+                            tracing::warn!(desktop = %d.name, error = %e, "not destroying an inaccessible VM yet");
+                            return Ok(Some((d.id, ctx.cfg.backoff_max)));
                         }
                         Err(e) => return Err(e.into()),
                     };

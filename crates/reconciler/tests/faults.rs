@@ -400,3 +400,79 @@ async fn a_vm_that_cannot_be_destroyed_fails_its_desktop_and_the_pool_goes_on(
         .iter()
         .all(|v| v.moref != stuck.moref));
 }
+
+/// #12 item 3: a desktop whose VM becomes inaccessible (a datastore outage: vCenter cannot
+/// read its config, so name aside nothing about it is known) keeps its desktop as it is: not
+/// failed, not replaced, its VM not destroyed by the sweep; the desktop shows `inaccessible`
+/// and the pool a note. Readable again, all is back to normal.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn an_inaccessible_vm_keeps_its_desktop_until_it_is_readable_again(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"])).await;
+    create_pool(&db, &spec("lab", 2, 2)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 2).await;
+    let before = rows(&db, "lab").await;
+    let vm = vm_of(&sim, "lab", "lab-001").await;
+    sim.reset_stats().await;
+    sim.set_vm_inaccessible(&vm.moref, true).await;
+    // Sweeps every 2 s, and the VM watch's report: several chances to get it wrong.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let during = rows(&db, "lab").await;
+    assert_eq!(during.len(), 2, "{during:?}");
+    for (b, d) in before.iter().zip(&during) {
+        assert_eq!(
+            (d.id, d.state, d.vm_moref.as_deref(), d.instance_uuid),
+            (
+                b.id,
+                DesktopState::Ready,
+                b.vm_moref.as_deref(),
+                b.instance_uuid
+            ),
+            "desktop {} changed",
+            d.name
+        );
+    }
+    let stats = sim.stats().await;
+    assert_eq!(stats.calls("Destroy_Task"), 0);
+    assert_eq!(stats.calls("PowerOffVM_Task"), 0);
+    assert_eq!(stats.clone_requests, 0, "replaced");
+    assert!(sim
+        .vms(Some("lab"))
+        .await
+        .iter()
+        .any(|v| v.moref == vm.moref));
+    let flags: Vec<(&str, bool)> = during
+        .iter()
+        .map(|d| (d.name.as_str(), d.inaccessible))
+        .collect();
+    assert_eq!(flags, [("lab-001", true), ("lab-002", false)]);
+    let p = pool(&db, "lab").await;
+    assert_eq!(p.state, PoolState::Ok);
+    let note = p.last_error.unwrap_or_default();
+    assert!(
+        note.contains("inaccessible VM (lab-001)") && note.contains("check the datastores"),
+        "{note}"
+    );
+    assert_eq!(events_of(&db, "lab", "vm_inaccessible").await.len(), 1);
+
+    // Readable again: back to normal at the next sweep.
+    sim.set_vm_inaccessible(&vm.moref, false).await;
+    eventually("lab-001 readable again, the note gone", || async {
+        let r = rows(&db, "lab").await;
+        let p = pool(&db, "lab").await;
+        (r.iter().all(|d| !d.inaccessible) && p.last_error.is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(events_of(&db, "lab", "vm_accessible").await.len(), 1);
+    converged(&db, &sim, "lab", 2).await;
+    let after = rows(&db, "lab").await;
+    assert_eq!(
+        after.iter().map(|d| d.id).collect::<Vec<_>>(),
+        before.iter().map(|d| d.id).collect::<Vec<_>>()
+    );
+    assert_eq!(sim.stats().await.clone_requests, 0);
+}

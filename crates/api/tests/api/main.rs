@@ -4,6 +4,7 @@
 mod common;
 
 mod access;
+mod desktop_faults;
 mod floor;
 mod fuzz;
 mod gauges;
