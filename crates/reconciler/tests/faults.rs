@@ -476,3 +476,42 @@ async fn an_inaccessible_vm_keeps_its_desktop_until_it_is_readable_again(
     );
     assert_eq!(sim.stats().await.clone_requests, 0);
 }
+
+/// #12 item 3: a desktop marked for deletion whose VM is inaccessible waits (its instance UUID
+/// cannot be checked): its row is not forgotten while the VM still exists, and once the VM is
+/// readable again it is destroyed.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn deleting_a_desktop_whose_vm_is_inaccessible_waits_for_it(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["lab"])).await;
+    create_pool(&db, &spec("lab", 2, 2)).await;
+    let _r = Replica::start(&opts, vec![vcenter(&sim)], config("a"));
+    converged(&db, &sim, "lab", 2).await;
+    let vm = vm_of(&sim, "lab", "lab-002").await;
+    sim.set_vm_inaccessible(&vm.moref, true).await;
+    set_target(&db, "lab", 1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = rows(&db, "lab").await;
+    assert!(
+        r.iter()
+            .any(|d| d.name == "lab-002" && d.state == DesktopState::Deleting),
+        "{r:?}"
+    );
+    assert!(sim
+        .vms(Some("lab"))
+        .await
+        .iter()
+        .any(|v| v.moref == vm.moref));
+    assert_eq!(pool(&db, "lab").await.state, PoolState::Ok);
+
+    sim.set_vm_inaccessible(&vm.moref, false).await;
+    converged(&db, &sim, "lab", 1).await;
+    assert!(sim
+        .vms(Some("lab"))
+        .await
+        .iter()
+        .all(|v| v.moref != vm.moref));
+}
