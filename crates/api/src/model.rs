@@ -220,6 +220,13 @@ pub struct DesktopView {
     /// VMware Tools' status as vCenter reports it (`guest.toolsRunningStatus`, e.g.
     /// `guestToolsRunning`).
     pub guest_state: Option<String>,
+    /// vCenter cannot read the desktop's VM (a datastore outage): the desktop is kept as it
+    /// is until the VM is readable again.
+    pub inaccessible: bool,
+    /// Failed tries to destroy the desktop's VM since it was marked for deletion; once
+    /// `reconciler.destroy_tries` is reached the desktop is `failed` and left alone until
+    /// deleted again.
+    pub destroy_failures: u32,
 }
 
 impl DesktopView {
@@ -243,6 +250,8 @@ impl DesktopView {
             lease_expires_at: d.lease_expires_at,
             ip_address: d.ip_address,
             guest_state: d.guest_state,
+            inaccessible: d.inaccessible,
+            destroy_failures: d.destroy_failures,
         }
     }
 }

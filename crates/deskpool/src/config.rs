@@ -198,6 +198,9 @@ pub struct ReconcilerSection {
     pub backoff_base_ms: u64,
     /// Upper bound of the retry delay.
     pub backoff_max_secs: u64,
+    /// Failed tries to destroy one desktop's VM (vCenter refusing, e.g. `NoPermission`) before
+    /// the desktop is marked failed and left alone until an admin deletes it again (0: never).
+    pub destroy_tries: u32,
 }
 
 impl Default for ReconcilerSection {
@@ -209,6 +212,7 @@ impl Default for ReconcilerSection {
             stop_after_failures: 3,
             backoff_base_ms: 1000,
             backoff_max_secs: 300,
+            destroy_tries: 5,
         }
     }
 }
@@ -306,6 +310,7 @@ impl ReconcilerSection {
             stop_after_failures: self.stop_after_failures,
             backoff_base: Duration::from_millis(self.backoff_base_ms),
             backoff_max: Duration::from_secs(self.backoff_max_secs),
+            destroy_tries: self.destroy_tries,
             replica_id: deskpool_reconciler::default_replica_id(),
         }
     }
@@ -886,6 +891,7 @@ mod tests {
             "stop_after_failures",
             "backoff_base_ms",
             "backoff_max_secs",
+            "destroy_tries",
         ] {
             assert!(keys.contains(key), "{key} is not documented");
         }

@@ -6,6 +6,7 @@
 //! Nothing here knows about HTTP, SQL or SOAP: every type is plain data, so the rules can be
 //! tested (and property-tested) in isolation.
 
+mod destroy;
 pub mod integral;
 mod naming;
 mod ownership;
@@ -15,6 +16,7 @@ mod spec;
 mod state;
 mod step;
 
+pub use destroy::{after_destroy_failure, AfterDestroyFailure};
 pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
 pub use plan::{desired_size, plan, Plan, PlanDesktop, PlanInput};

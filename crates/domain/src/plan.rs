@@ -20,6 +20,8 @@ pub struct PlanDesktop {
     pub powered_on: bool,
     /// A user holds it: it is never removed by sizing.
     pub claimed: bool,
+    /// deskpool gave up destroying its VM (`failed`, kept until an admin deletes it again).
+    pub destroy_given_up: bool,
 }
 
 /// The inputs of one planning pass for one pool.
@@ -59,6 +61,12 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.create.is_empty() && self.delete.is_empty()
     }
+}
+
+/// Removed whatever the target: a failed desktop, unless deskpool gave up destroying its VM
+/// (then it stays, holding its index, until an admin deletes it again).
+fn removed_whatever_the_target(d: &PlanDesktop) -> bool {
+    d.state == DesktopState::Failed && !d.destroy_given_up && !d.claimed
 }
 
 /// Removal preference: lower goes first. Failed desktops, then those still provisioning,
@@ -107,7 +115,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             input
                 .desktops
                 .iter()
-                .filter(|d| d.state == DesktopState::Failed && !d.claimed)
+                .filter(|d| removed_whatever_the_target(d))
                 .map(|d| d.id),
         );
         if counted > target {
@@ -158,6 +166,7 @@ mod tests {
             state,
             powered_on,
             claimed: false,
+            destroy_given_up: false,
         }
     }
 
@@ -220,6 +229,19 @@ mod tests {
         i.may_create = false;
         i.may_delete = false;
         assert!(plan(&i).is_empty());
+    }
+
+    #[test]
+    fn a_desktop_given_up_on_is_kept_and_keeps_its_index() {
+        let given_up = PlanDesktop {
+            destroy_given_up: true,
+            ..view(2, DesktopState::Failed, true)
+        };
+        let ds = [view(1, DesktopState::Ready, true), given_up];
+        let p = plan(&input(3, &ds));
+        assert!(p.delete.is_empty(), "{p:?}");
+        assert_eq!(p.create, vec![3, 4], "replaced under another index");
+        assert!(plan(&input(0, &ds)).delete == vec![Uuid::from_u128(1)]);
     }
 
     #[test]

@@ -166,6 +166,13 @@ string_enum!(
         TokenCreated => "token_created",
         /// An API token was revoked.
         TokenRevoked => "token_revoked",
+        /// deskpool stopped trying to destroy a desktop's VM (vCenter refused it every time):
+        /// the desktop is failed and kept until an admin deletes it again.
+        DestroyGivenUp => "destroy_given_up",
+        /// A desktop's VM became inaccessible (its config cannot be read): kept as it is.
+        VmInaccessible => "vm_inaccessible",
+        /// A desktop's inaccessible VM is readable again.
+        VmAccessible => "vm_accessible",
     }
 );
 

@@ -31,6 +31,70 @@ async fn record(
     Ok(())
 }
 
+/// Records that vCenter can (not) read the VM of `rows[i]`, with an event, when that changed.
+/// An inaccessible desktop is kept as it is: not failed, not replaced, its VM not destroyed.
+async fn set_inaccessible(
+    ctx: &Ctx,
+    pool: &Pool,
+    rows: &mut [Desktop],
+    i: usize,
+    inaccessible: bool,
+) -> Result<(), Error> {
+    let d = &rows[i];
+    if d.inaccessible == inaccessible {
+        return Ok(());
+    }
+    let vm = d.vm_moref.as_deref().unwrap_or("?");
+    let (kind, msg) = if inaccessible {
+        (
+            EventKind::VmInaccessible,
+            format!("the VM of desktop {} ({vm}) is inaccessible in vCenter (its datastore cannot be reached?): the desktop is kept as it is until the VM is readable again", d.name),
+        )
+    } else {
+        (
+            EventKind::VmAccessible,
+            format!("the VM of desktop {} ({vm}) is readable again", d.name),
+        )
+    };
+    let mut tx = ctx.begin().await?;
+    let changed = desktops::set_inaccessible(&mut tx, d.id, inaccessible).await?;
+    if changed {
+        ctx.event(&mut tx, &pool.spec.name, Some(&d.name), kind, &msg)
+            .await?;
+    }
+    tx.commit().await?;
+    if inaccessible {
+        tracing::warn!(pool = %pool.spec.name, desktop = %d.name, "{msg}");
+    } else {
+        tracing::info!(pool = %pool.spec.name, desktop = %d.name, "{msg}");
+    }
+    rows[i].inaccessible = inaccessible;
+    Ok(())
+}
+
+/// The note shown on the pool while some of its desktops' VMs are inaccessible.
+pub(crate) fn inaccessible_note(rows: &[Desktop]) -> Option<String> {
+    let names: Vec<&str> = rows
+        .iter()
+        .filter(|d| d.inaccessible)
+        .map(|d| d.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    let more = names.len().saturating_sub(5);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{} desktop(s) with an inaccessible VM ({shown}{more}): kept as they are until vCenter can read them again; check the datastores",
+        names.len()
+    ))
+}
+
 /// Applies the VM changes vCenter reported for ready and booting desktops: a VM gone means
 /// the desktop failed (the plan replaces it); a power change is recorded; what VMware Tools
 /// report of the guest, and customization events, are recorded for any desktop. Desktops
@@ -69,6 +133,10 @@ pub(crate) async fn apply_vm_events(
         if !matches!(d.state, DesktopState::Ready | DesktopState::Booting) {
             continue;
         }
+        if e.change == VmChange::Inaccessible {
+            set_inaccessible(ctx, pool, rows, i, true).await?;
+            continue;
+        }
         let progress = match e.change {
             VmChange::Gone => {
                 tracing::warn!(pool = %pool.spec.name, desktop = %d.name, "vCenter reports the VM gone; the desktop will be replaced");
@@ -104,6 +172,20 @@ pub(crate) async fn resync(
         .collect();
     let mut seen = HashSet::new();
     for vm in vms {
+        if vm.inaccessible {
+            // Routed here by moref (see `sources::judge_vms`): the desktop is kept as it is.
+            let Some(i) = rows
+                .iter()
+                .position(|d| d.vm_moref.as_deref() == Some(vm.moref.value.as_str()))
+            else {
+                continue;
+            };
+            seen.insert(rows[i].id);
+            if rows[i].state == DesktopState::Ready && !ctx.has_worker(rows[i].id) {
+                set_inaccessible(ctx, pool, rows, i, true).await?;
+            }
+            continue;
+        }
         let uuid = vm
             .instance_uuid
             .as_deref()
@@ -114,11 +196,14 @@ pub(crate) async fn resync(
         let Some(i) = uuid.and_then(|u| by_uuid.get(&u).copied()) else {
             continue;
         };
-        let d = &rows[i];
-        seen.insert(d.id);
-        if ctx.has_worker(d.id) {
+        seen.insert(rows[i].id);
+        if ctx.has_worker(rows[i].id) {
             continue;
         }
+        if rows[i].inaccessible {
+            set_inaccessible(ctx, pool, rows, i, false).await?;
+        }
+        let d = &rows[i];
         let on = vm.power_state == PowerState::PoweredOn;
         let adopt = d.vm_moref.is_none() && d.state == DesktopState::Pending;
         let power_changed = d.state == DesktopState::Ready && d.powered_on != on;

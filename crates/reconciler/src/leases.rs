@@ -116,6 +116,9 @@ mod tests {
             guest_state: None,
             booting_at: None,
             customization: None,
+            destroy_failures: 0,
+            destroy_given_up_at: None,
+            inaccessible: false,
         }
     }
 

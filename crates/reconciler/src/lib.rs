@@ -55,6 +55,9 @@ pub struct ReconcilerConfig {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// Failed tries to destroy one desktop's VM (vCenter refusing with a fault such as
+    /// `NoPermission`) before the desktop is marked failed and left alone (0: never give up).
+    pub destroy_tries: u32,
     /// This replica's id in the lease table (host name, pid and a random suffix by default).
     pub replica_id: String,
 }
@@ -68,6 +71,7 @@ impl Default for ReconcilerConfig {
             stop_after_failures: 3,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            destroy_tries: 5,
             replica_id: default_replica_id(),
         }
     }

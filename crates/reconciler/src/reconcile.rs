@@ -166,6 +166,7 @@ async fn pass(
             state: d.state,
             powered_on: d.powered_on,
             claimed: d.claimed_by.is_some(),
+            destroy_given_up: d.destroy_given_up_at.is_some(),
         })
         .collect();
     let global_slots = vc.permits.available_permits() as u32;
@@ -215,6 +216,7 @@ async fn pass(
         }
     }
 
+    let problem = problem.or_else(|| compare::inaccessible_note(&rows));
     if ctx.scheduler.backoff_until(&name).is_some() {
         // vCenter work waits for the backoff to end (the pool is looked at again then).
         if problem.is_some() {

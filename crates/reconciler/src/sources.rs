@@ -190,16 +190,35 @@ async fn judge_vms(
             .and_then(|u| uuid::Uuid::parse_str(u).ok())
     };
     let uuids: Vec<uuid::Uuid> = vms.iter().filter_map(uuid_of).collect();
-    let (rows, issued) = {
+    // An inaccessible VM (datastore outage) shows neither instance UUID nor markers: unknown,
+    // not absent. It goes to the pool of the desktop whose row names its moref, and is never
+    // judged a leftover or foreign (so never destroyed) on what cannot be read.
+    let unreadable: Vec<String> = vms
+        .iter()
+        .filter(|vm| vm.inaccessible)
+        .map(|vm| vm.moref.value.clone())
+        .collect();
+    let (rows, issued, unreadable_owners) = {
         let mut conn = ctx.db.acquire().await?;
         (
             deskpool_store::installation::desktop_pools(&mut conn, &uuids).await?,
             deskpool_store::installation::issued(&mut conn, &uuids).await?,
+            if unreadable.is_empty() {
+                Vec::new()
+            } else {
+                desktops::owners_of_vms(&mut conn, &vc.name, &unreadable).await?
+            },
         )
     };
     let mut by_pool: HashMap<String, Vec<VmInfo>> = HashMap::new();
     let mut foreign: HashMap<String, u64> = HashMap::new();
     for vm in vms {
+        if vm.inaccessible {
+            if let Some((_, pool)) = unreadable_owners.iter().find(|(m, _)| *m == vm.moref.value) {
+                by_pool.entry(pool.clone()).or_default().push(vm);
+            }
+            continue;
+        }
         let uuid = uuid_of(&vm);
         let installation = marker(&vm, MARKER_INSTALLATION);
         let claimed_pool = marker(&vm, MARKER_POOL);

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use deskpool_domain::{
-    next_step, DesktopState, EventKind, Failure, FaultClass, Lookup, NameHolder, PoolState,
-    ReadyWhen, Report, Step, StepDesktop, MARKER_DESKTOP, MARKER_INSTALLATION, MARKER_POOL,
+    after_destroy_failure, next_step, AfterDestroyFailure, DesktopState, EventKind, Failure,
+    FaultClass, Lookup, NameHolder, PoolState, ReadyWhen, Report, Step, StepDesktop,
+    MARKER_DESKTOP, MARKER_INSTALLATION, MARKER_POOL,
 };
 use deskpool_store::desktops::{self, Desktop, Progress};
 use deskpool_store::pools::{self, Pool, Status};
@@ -767,6 +768,17 @@ async fn destroy_vm(client: &Client, vm: &MoRef, owner: Option<&str>) -> Result<
     let Some(info) = client.vm_info(vm).await? else {
         return Ok(false);
     };
+    if info.inaccessible {
+        // Its instance UUID cannot be read, so it cannot be told to be deskpool's: wait until
+        // vCenter can read it again.
+        return Err(VsError::Fault(Fault::new(
+            FaultKind::InaccessibleDatastore,
+            format!(
+                "VM {} ({vm}) is inaccessible: its datastore cannot be reached",
+                info.name
+            ),
+        )));
+    }
     if let Some(uuid) = owner {
         if !info
             .instance_uuid
@@ -801,19 +813,103 @@ async fn destroy_vm(client: &Client, vm: &MoRef, owner: Option<&str>) -> Result<
 }
 
 /// Starts a worker that powers off and destroys a `deleting` desktop's VM, then removes its row.
+/// A destroy vCenter refuses (see [`counts_against_desktop`]) is tried again by the same
+/// worker after the desktop's own delay, holding no slot meanwhile, so the pool is not held
+/// back; after `destroy_tries` the desktop is marked failed and left alone.
 pub(crate) fn spawn_delete(job: Job, d: Desktop) {
     spawn_worker(
         job,
         d,
         WorkerKind::Delete,
-        |ctx, vc, client, pool, d| async move {
-            let _slot = permit(&ctx, &vc.permits).await?;
-            Box::pin(delete(&ctx, &client, &pool, d)).await
+        |ctx, vc, client, pool, mut d| async move {
+            loop {
+                let slot = permit(&ctx, &vc.permits).await?;
+                let after = Box::pin(delete(&ctx, &client, &pool, d)).await?;
+                drop(slot);
+                let Some((id, delay)) = after else {
+                    return Ok(());
+                };
+                ctx.scheduler.slot_freed();
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return Err(Error::Stopped("leadership ended")),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                match current(&ctx, id).await? {
+                    Some(row) if row.state == DesktopState::Deleting => d = row,
+                    _ => return Ok(()),
+                }
+            }
         },
     );
 }
 
-async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(), Error> {
+/// A failed destroy that is the desktop's own problem, counted against it: vCenter refused
+/// with a fault that will not pass by itself (`NoPermission`, say). Transient faults, a
+/// refused login and transport errors are the vCenter's, and back the pool off as before.
+fn counts_against_desktop(e: &VsError) -> bool {
+    e.fault()
+        .is_some_and(|f| !f.is_transient() && !f.is_login_failure())
+        && !not_found(e)
+}
+
+/// Counts the failed destroy of `d`'s VM against it: Some(delay) to try again, or None once
+/// deskpool has given up (the desktop is failed, with the reason).
+async fn destroy_failed(
+    ctx: &Ctx,
+    pool: &Pool,
+    d: &Desktop,
+    vm: Option<&MoRef>,
+    e: VsError,
+) -> Result<Option<(uuid::Uuid, std::time::Duration)>, Error> {
+    let vm = vm.map_or_else(|| "its VM".to_owned(), |v| format!("VM {v}"));
+    let mut tx = ctx.begin().await?;
+    let Some(failures) =
+        desktops::count_destroy_failure(&mut tx, d.id, &format!("cannot destroy {vm}: {e}"))
+            .await?
+    else {
+        return Ok(None);
+    };
+    let cfg = &ctx.cfg;
+    let after = after_destroy_failure(
+        failures,
+        cfg.destroy_tries,
+        cfg.backoff_base,
+        cfg.backoff_max,
+    );
+    let retry = match after {
+        AfterDestroyFailure::TryAgainAfter(delay) => {
+            tracing::warn!(desktop = %d.name, failures, error = %e, "vCenter refused to destroy the desktop's VM; trying again in {delay:?}");
+            Some((d.id, delay))
+        }
+        AfterDestroyFailure::GiveUp => {
+            let why = format!(
+                "cannot destroy {vm}: {e}; deskpool gave up after {failures} tries: fix the cause (e.g. grant the permission) or remove the VM by hand, then delete the desktop again"
+            );
+            desktops::give_up_destroy(&mut tx, d.id, &why).await?;
+            ctx.event(
+                &mut tx,
+                &pool.spec.name,
+                Some(&d.name),
+                EventKind::DestroyGivenUp,
+                &why,
+            )
+            .await?;
+            tracing::warn!(desktop = %d.name, "{why}");
+            None
+        }
+    };
+    tx.commit().await?;
+    Ok(retry)
+}
+
+/// One try at destroying `d`'s VM and removing its row. Some((desktop, delay)) when vCenter
+/// refused the destroy and the desktop is to be tried again after the delay.
+async fn delete(
+    ctx: &Ctx,
+    client: &Client,
+    pool: &Pool,
+    d: Desktop,
+) -> Result<Option<(uuid::Uuid, std::time::Duration)>, Error> {
     let mut vm = d.vm_moref.as_deref().map(vm_ref);
     let mut destroyed = false;
     let mut report = Report::Started;
@@ -830,7 +926,7 @@ async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(
         report = match next_step(&facts, report) {
             Step::WaitTask => {
                 let Some(task) = d.task_moref.as_deref() else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 match wait(client, &task_ref(task)).await {
                     Ok(Some(r)) if r.kind == "VirtualMachine" && vm.is_none() => {
@@ -860,12 +956,27 @@ async fn delete(ctx: &Ctx, client: &Client, pool: &Pool, d: Desktop) -> Result<(
                 }
                 let uuid = d.instance_uuid.to_string();
                 if let Some(vm) = &vm {
-                    destroyed = destroy_vm(client, vm, Some(&uuid)).await?;
+                    destroyed = match destroy_vm(client, vm, Some(&uuid)).await {
+                        Ok(destroyed) => destroyed,
+                        Err(e) if counts_against_desktop(&e) => {
+                            return destroy_failed(ctx, pool, &d, Some(vm), e).await;
+                        }
+                        // The VM cannot be read (datastore outage): this desktop waits; the
+                        // pool is not held back.
+                        Err(e) if is_fault(&e, |k| *k == FaultKind::InaccessibleDatastore) => {
+                            tracing::warn!(desktop = %d.name, error = %e, "not destroying an inaccessible VM yet");
+                            return Ok(Some((d.id, ctx.cfg.backoff_max)));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                 }
                 Report::Destroyed
             }
-            Step::Forget => return forget(ctx, pool, &d, vm.as_ref().filter(|_| destroyed)).await,
-            _ => return Ok(()),
+            Step::Forget => {
+                forget(ctx, pool, &d, vm.as_ref().filter(|_| destroyed)).await?;
+                return Ok(None);
+            }
+            _ => return Ok(None),
         };
     }
 }

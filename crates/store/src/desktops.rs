@@ -53,6 +53,12 @@ pub struct Desktop {
     pub booting_at: Option<DateTime<Utc>>,
     /// What the guest customization's events said, if any.
     pub customization: Option<CustomizationState>,
+    /// Failed tries to destroy its VM since it was last marked `deleting`.
+    pub destroy_failures: u32,
+    /// When deskpool gave up destroying its VM (the desktop is then `failed`).
+    pub destroy_given_up_at: Option<DateTime<Utc>>,
+    /// vCenter reports its VM inaccessible (a datastore outage): kept as it is meanwhile.
+    pub inaccessible: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -78,6 +84,14 @@ pub(crate) struct DesktopRow {
     guest_state: Option<String>,
     booting_at: Option<DateTime<Utc>>,
     customization: Option<String>,
+    // Defaults when read from a schema older than migration 20261203000500 (an upgrade
+    // test inserts rows before the later migrations run).
+    #[sqlx(default)]
+    destroy_failures: i32,
+    #[sqlx(default)]
+    destroy_given_up_at: Option<DateTime<Utc>>,
+    #[sqlx(default)]
+    inaccessible: bool,
 }
 
 impl TryFrom<DesktopRow> for Desktop {
@@ -114,6 +128,9 @@ impl TryFrom<DesktopRow> for Desktop {
             guest_state: r.guest_state,
             booting_at: r.booting_at,
             customization,
+            destroy_failures: to_u32(r.destroy_failures),
+            destroy_given_up_at: r.destroy_given_up_at,
+            inaccessible: r.inaccessible,
         })
     }
 }
@@ -369,7 +386,8 @@ pub async fn mark_deleting_unclaimed(
     ids: &[Uuid],
 ) -> Result<Vec<Uuid>, StoreError> {
     let rows: Vec<(Uuid,)> = sqlx::query_as(
-        "UPDATE desktops SET state = 'deleting', updated_at = now()
+        "UPDATE desktops SET state = 'deleting', updated_at = now(),
+             destroy_failures = 0, destroy_given_up_at = NULL
          WHERE id = ANY($1) AND state <> 'deleting' AND claimed_by IS NULL
          RETURNING id",
     )
@@ -421,16 +439,75 @@ pub async fn set_customization(
     row.map(Desktop::try_from).transpose()
 }
 
-/// Moves desktops to `deleting`, claimed or not. Returns how many changed.
+/// Moves desktops to `deleting`, claimed or not, with a fresh count of destroy tries. Returns
+/// how many changed.
 pub async fn mark_deleting(conn: &mut PgConnection, ids: &[Uuid]) -> Result<u64, StoreError> {
     let done = sqlx::query(
-        "UPDATE desktops SET state = 'deleting', updated_at = now()
+        "UPDATE desktops SET state = 'deleting', updated_at = now(),
+             destroy_failures = 0, destroy_given_up_at = NULL
          WHERE id = ANY($1) AND state <> 'deleting'",
     )
     .bind(ids)
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Counts a failed destroy of a `deleting` desktop's VM, with the reason. Returns the count
+/// so far, or None if the desktop is gone or no longer `deleting`.
+pub async fn count_destroy_failure(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: &str,
+) -> Result<Option<u32>, StoreError> {
+    let n: Option<i32> = sqlx::query_scalar(
+        "UPDATE desktops SET destroy_failures = destroy_failures + 1, last_error = $2,
+             updated_at = now()
+         WHERE id = $1 AND state = 'deleting' RETURNING destroy_failures",
+    )
+    .bind(id)
+    .bind(reason)
+    .fetch_optional(conn)
+    .await?;
+    Ok(n.map(to_u32))
+}
+
+/// Gives up destroying a `deleting` desktop's VM: the desktop becomes `failed` with the reason
+/// and keeps its VM reference, so that an admin's next delete destroys that VM. Returns the
+/// stored row, or None if the desktop is gone or no longer `deleting`.
+pub async fn give_up_destroy(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: &str,
+) -> Result<Option<Desktop>, StoreError> {
+    let row: Option<DesktopRow> = sqlx::query_as(
+        "UPDATE desktops SET state = 'failed', last_error = $2, task_moref = NULL,
+             destroy_given_up_at = now(), updated_at = now()
+         WHERE id = $1 AND state = 'deleting' RETURNING *",
+    )
+    .bind(id)
+    .bind(reason)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Desktop::try_from).transpose()
+}
+
+/// Records whether vCenter can read the desktop's VM (`inaccessible`: a datastore outage).
+/// Returns whether the flag changed.
+pub async fn set_inaccessible(
+    conn: &mut PgConnection,
+    id: Uuid,
+    inaccessible: bool,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE desktops SET inaccessible = $2, updated_at = now()
+         WHERE id = $1 AND inaccessible <> $2",
+    )
+    .bind(id)
+    .bind(inaccessible)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Removes a desktop row (its VM is gone).

@@ -5,6 +5,7 @@ mod common;
 
 mod access;
 mod claims;
+mod desktop_faults;
 mod floor;
 mod fuzz;
 mod gauges;

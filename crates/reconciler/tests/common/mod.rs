@@ -41,6 +41,7 @@ pub fn config(replica: &str) -> ReconcilerConfig {
         stop_after_failures: 3,
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
+        destroy_tries: 5,
         replica_id: replica.into(),
     }
 }
