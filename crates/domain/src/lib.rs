@@ -5,6 +5,7 @@
 //! Nothing here knows about HTTP, SQL or SOAP: every type is plain data, so the rules can be
 //! tested (and property-tested) in isolation.
 
+pub mod integral;
 mod naming;
 mod ownership;
 mod plan;
@@ -16,8 +17,8 @@ pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
 pub use plan::{desired_size, plan, Plan, PlanDesktop, PlanInput};
 pub use spec::{
-    check_lease_secs, is_slug, GuestOs, OnRelease, PoolSpec, SpecError, DEFAULT_CLAIM_LEASE_SECS,
-    MAX_CLAIM_LEASE_SECS, MIN_CLAIM_LEASE_SECS, WINDOWS_NAME_LIMIT,
+    check_lease_secs, is_slug, patterns, GuestOs, OnRelease, PoolSpec, SpecError,
+    DEFAULT_CLAIM_LEASE_SECS, MAX_CLAIM_LEASE_SECS, MIN_CLAIM_LEASE_SECS, WINDOWS_NAME_LIMIT,
 };
 pub use state::{DesktopState, EventKind, PoolState, UnknownState};
 pub use step::{next_step, Failure, FaultClass, Lookup, NameHolder, Report, Step, StepDesktop};
