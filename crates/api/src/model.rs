@@ -260,7 +260,8 @@ impl DesktopView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
-    /// Who the desktop is for (1-256 characters, no control characters), e.g. a user name.
+    /// Who the desktop is for (1-256 characters, not blank, no control characters), e.g. a
+    /// user name.
     #[schema(
         pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
         max_length = 256

@@ -152,7 +152,11 @@ pub struct PoolSpec {
     pub on_release: OnRelease,
     /// A powered-on desktop whose guest is not usable this many seconds after power-on is
     /// marked failed (and replaced). 1..=86400.
-    #[serde(default = "default_ready_timeout")]
+    #[serde(
+        default = "default_ready_timeout",
+        deserialize_with = "crate::integral::u32"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub ready_timeout_secs: u32,
     /// When a powered-on desktop is ready: `guest_ip` (VMware Tools report a usable IPv4
     /// address) or `powered_on` (at once, for guests without Tools).
