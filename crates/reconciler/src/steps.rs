@@ -293,6 +293,8 @@ impl Provision<'_> {
         let mut found = Found::default();
         let mut report = Report::Started;
         let mut slot: Option<OwnedSemaphorePermit> = None;
+        // The clone task succeeded and its slot was freed; the row is not recorded yet.
+        let mut clone_ended = false;
         loop {
             if d.state == DesktopState::Pending && !self.place.is_held() {
                 match self.admit(d).await? {
@@ -300,8 +302,14 @@ impl Provision<'_> {
                     None => return Ok(()),
                 }
             }
+            if clone_ended && d.state != DesktopState::Cloning {
+                // Recorded: the pool's next pass tops its queue of pending desktops up.
+                clone_ended = false;
+                self.ctx.wake(self.pool_name());
+            }
             let wanted = match d.state {
-                DesktopState::Pending | DesktopState::Cloning => Some(&self.vc.permits),
+                DesktopState::Pending => Some(&self.vc.permits),
+                DesktopState::Cloning if !clone_ended => Some(&self.vc.permits),
                 DesktopState::PoweringOn => Some(&self.vc.power_permits),
                 _ => None,
             };
@@ -340,6 +348,19 @@ impl Provision<'_> {
             // pool fills) then holds only this loop's few locals, not room for the largest
             // step's state.
             match Box::pin(self.execute(step, &d, report, &mut found)).await? {
+                Next::Report(r @ Report::TaskEnded { vm: true })
+                    if d.state == DesktopState::Cloning =>
+                {
+                    // The clone exists: its vCenter slot and its place at the pool's gate go
+                    // to the next desktop now, before this one's result is recorded (a crash
+                    // in between finds the finished task again). A failure is no such end:
+                    // its place waits for the error policy.
+                    drop(slot.take());
+                    self.place.release();
+                    self.ctx.scheduler.slot_freed();
+                    clone_ended = true;
+                    report = r;
+                }
                 Next::Report(r) => report = r,
                 Next::Row(Some(n)) => {
                     let n = *n;
@@ -388,21 +409,25 @@ impl Provision<'_> {
         }
     }
 
-    /// `desktop`'s row, read again, if it may still be cloned now: still pending, and the
-    /// pool's last pass let it clone with this worker's inventory (a pass runs on every change
-    /// of the pool and closes the gate when it may not clone) and it does not back off.
+    /// `desktop`'s row, read again, if it may still be cloned now: still pending, its pool
+    /// (read again too) still provisions with this worker's inventory, and the pool's last
+    /// pass did not close the gate (paused, backing off...). A clone that just failed may have
+    /// put the pool in `error` or `stopped` before any pass ran.
     async fn still_wanted(&self, desktop: uuid::Uuid) -> Result<Option<Desktop>, Error> {
+        let fingerprint = inventory::fingerprint(&self.pool.spec);
         if self.ctx.scheduler.backoff_until(self.pool_name()).is_some()
-            || !self
-                .gate
-                .is_open_for(&inventory::fingerprint(&self.pool.spec))
+            || !self.gate.is_open_for(&fingerprint)
         {
             return Ok(None);
         }
-        let Some(row) = current(self.ctx, desktop).await? else {
+        let mut conn = self.ctx.db.acquire().await?;
+        let Some((row, pool)) = desktops::get_with_pool(&mut conn, desktop).await? else {
             return Ok(None);
         };
-        Ok((row.state == DesktopState::Pending).then_some(row))
+        let provisions = pool.state == PoolState::Ok
+            && pool.spec.enabled
+            && inventory::fingerprint(&pool.spec) == fingerprint;
+        Ok((provisions && row.state == DesktopState::Pending).then_some(row))
     }
 
     /// Makes the calls and writes of one step. `before` is the answer that led to it.
