@@ -416,24 +416,29 @@ pub struct Status {
     pub consecutive_failures: u32,
 }
 
-/// Records the reconciler's status for a pool (no version bump: status is not spec).
+/// Records the reconciler's status for a pool (no version bump: status is not spec), but only
+/// if the pool's spec is still at `read_version`, the version the pass that decided it read:
+/// an admin's fixing `PUT` during a slow pass is never overwritten by that pass's conclusion
+/// about the old spec. Returns whether the status was written.
 pub async fn set_status(
     conn: &mut PgConnection,
     id: Uuid,
+    read_version: i64,
     status: &Status,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE pools SET state = CASE WHEN state = 'deleting' THEN state ELSE $2 END,
-             last_error = $3, consecutive_failures = $4, updated_at = now()
-         WHERE id = $1",
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE pools SET state = CASE WHEN state = 'deleting' THEN state ELSE $3 END,
+             last_error = $4, consecutive_failures = $5, updated_at = now()
+         WHERE id = $1 AND version = $2",
     )
     .bind(id)
+    .bind(read_version)
     .bind(status.state.as_str())
     .bind(&status.last_error)
     .bind(to_i32(status.consecutive_failures))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Records which snapshot moref the pool's `snapshot` resolved to.
@@ -479,17 +484,20 @@ pub async fn record_clone_outcome(
 }
 
 /// Sets the message shown with a pool that is otherwise `ok` (a transient problem such as an
-/// unreachable vCenter), or clears it with None. Leaves pools in any other state untouched.
+/// unreachable vCenter), or clears it with None. Leaves pools in any other state untouched, and
+/// pools whose spec changed since `read_version` (the note was about the old spec).
 pub async fn set_note(
     conn: &mut PgConnection,
     id: Uuid,
+    read_version: i64,
     note: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE pools SET last_error = $2, updated_at = now()
-         WHERE id = $1 AND state = 'ok' AND last_error IS DISTINCT FROM $2",
+        "UPDATE pools SET last_error = $3, updated_at = now()
+         WHERE id = $1 AND version = $2 AND state = 'ok' AND last_error IS DISTINCT FROM $3",
     )
     .bind(id)
+    .bind(read_version)
     .bind(note)
     .execute(conn)
     .await?;

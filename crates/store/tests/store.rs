@@ -122,7 +122,9 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         last_error: Some("snapshot gone".into()),
         consecutive_failures: 0,
     };
-    pools::set_status(&mut c, p.id, &err).await.unwrap();
+    assert!(pools::set_status(&mut c, p.id, p.version, &err)
+        .await
+        .unwrap());
     pools::set_snapshot_moref(&mut c, p.id, "snapshot-1")
         .await
         .unwrap();
@@ -161,7 +163,7 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         "same snapshot selector keeps the moref"
     );
     // stopped is cleared by resume only
-    pools::set_note(&mut c, p.id, Some("vCenter unreachable"))
+    pools::set_note(&mut c, p.id, fixed.version, Some("vCenter unreachable"))
         .await
         .unwrap();
     assert_eq!(
@@ -173,7 +175,9 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
             .as_deref(),
         Some("vCenter unreachable")
     );
-    pools::set_note(&mut c, p.id, None).await.unwrap();
+    pools::set_note(&mut c, p.id, fixed.version, None)
+        .await
+        .unwrap();
     assert_eq!(
         pools::get(&mut c, "lab").await.unwrap().unwrap().last_error,
         None
@@ -183,11 +187,13 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         last_error: Some("3 failures".into()),
         consecutive_failures: 3,
     };
-    pools::set_status(&mut c, p.id, &stopped).await.unwrap();
+    assert!(pools::set_status(&mut c, p.id, fixed.version, &stopped)
+        .await
+        .unwrap());
     let paused = pools::set_enabled(&mut c, "lab", false).await.unwrap();
     assert!(!paused.spec.enabled);
     assert_eq!(paused.state, PoolState::Stopped);
-    pools::set_note(&mut c, p.id, Some("ignored while stopped"))
+    pools::set_note(&mut c, p.id, paused.version, Some("ignored while stopped"))
         .await
         .unwrap();
     assert_eq!(
@@ -204,6 +210,39 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         (resumed.state, resumed.consecutive_failures),
         (PoolState::Ok, 0)
     );
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_status_decided_on_an_older_spec_is_not_written(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let read = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    // An admin fixes the spec while a pass that read `read` is still resolving it.
+    let fixed = pools::update_spec(&mut c, "lab", &spec("lab"), None)
+        .await
+        .unwrap();
+    assert!(fixed.version > read.version);
+    let err = Status {
+        state: PoolState::Error,
+        last_error: Some("snapshot 'nope' not found".into()),
+        consecutive_failures: 0,
+    };
+    assert!(
+        !pools::set_status(&mut c, read.id, read.version, &err)
+            .await
+            .unwrap(),
+        "a status about an older spec was written"
+    );
+    pools::set_note(&mut c, read.id, read.version, Some("about the old spec"))
+        .await
+        .unwrap();
+    let got = pools::get(&mut c, "lab").await.unwrap().unwrap();
+    assert_eq!((got.state, got.last_error), (PoolState::Ok, None));
+    // The pass that read the current version writes.
+    assert!(pools::set_status(&mut c, read.id, fixed.version, &err)
+        .await
+        .unwrap());
+    let got = pools::get(&mut c, "lab").await.unwrap().unwrap();
+    assert_eq!(got.state, PoolState::Error);
 }
 
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
@@ -232,7 +271,8 @@ async fn deleting_pool_goes_once_empty(db: PgPool) {
         last_error: None,
         consecutive_failures: 0,
     };
-    pools::set_status(&mut c, p.id, &ok).await.unwrap();
+    let version = pools::get(&mut c, "lab").await.unwrap().unwrap().version;
+    pools::set_status(&mut c, p.id, version, &ok).await.unwrap();
     assert_eq!(
         pools::get(&mut c, "lab").await.unwrap().unwrap().state,
         PoolState::Deleting,
