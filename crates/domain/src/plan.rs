@@ -39,6 +39,10 @@ pub struct PlanInput<'a> {
     pub may_delete: bool,
     /// The pool's own bound on clones in flight (pending or cloning desktops).
     pub max_concurrent: u32,
+    /// More `pending` desktops to keep committed ahead of `max_concurrent` (0: none), so a
+    /// freed clone slot is refilled at once by a desktop already recorded, without a pass
+    /// (its worker waits at the pool's clone gate, which bounds the clones actually running).
+    pub queue_ahead: u32,
     /// Free provisioning slots left under the vCenter-wide bound.
     pub global_slots: u32,
     /// Highest index the naming pattern may use.
@@ -97,6 +101,22 @@ fn desired(input: &PlanInput<'_>) -> u32 {
     desired_size(input.target, input.min_spare, input.max_size, claimed)
 }
 
+/// How many new `pending` desktops the pool may record now, with `in_flight` pending or
+/// cloning: up to its clone bound (and the vCenter's free slots), and when its own bound is
+/// what holds it back, up to `queue_ahead` more committed ahead (pending + cloning <=
+/// max_concurrent + queue_ahead). When the vCenter-wide bound holds it back, nothing is
+/// queued: the pool waits for a slot instead.
+fn new_pending(input: &PlanInput<'_>, in_flight: u32) -> u32 {
+    let now = input
+        .max_concurrent
+        .saturating_sub(in_flight)
+        .min(input.global_slots);
+    if input.queue_ahead == 0 || in_flight + now < input.max_concurrent {
+        return now;
+    }
+    (input.max_concurrent + input.queue_ahead).saturating_sub(in_flight)
+}
+
 /// Decides which desktops to create and which to delete so the pool moves toward its desired
 /// size ([`desired_size`]) without exceeding any concurrency bound. A claimed desktop is never
 /// chosen for removal: a pool below its claimed count shrinks as they are released.
@@ -140,11 +160,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .iter()
             .filter(|d| d.state.occupies_clone_slot())
             .count() as u32;
-        let slots = input
-            .max_concurrent
-            .saturating_sub(in_flight)
-            .min(input.global_slots);
-        let wanted = (target - counted).min(slots);
+        let wanted = (target - counted).min(new_pending(input, in_flight));
         let used: BTreeSet<u32> = input.desktops.iter().map(|d| d.index).collect();
         out.create = (1..=input.max_index)
             .filter(|i| !used.contains(i))
@@ -183,6 +199,7 @@ mod tests {
             may_create: true,
             may_delete: true,
             max_concurrent: 8,
+            queue_ahead: 0,
             global_slots: 20,
             max_index: 1000,
             desktops,
@@ -289,6 +306,51 @@ mod tests {
         assert_eq!(desired_size(0, u32::MAX, 10, u32::MAX), 10);
     }
 
+    #[test]
+    fn queues_up_to_the_bound_again_ahead_of_it() {
+        let mut i = input(100, &[]);
+        i.queue_ahead = 8;
+        assert_eq!(plan(&i).create, (1..=16).collect::<Vec<_>>());
+        // 8 cloning, 7 pending: one place in the queue to fill.
+        let ds: Vec<_> = (1..=15)
+            .map(|n| {
+                let s = if n <= 8 {
+                    DesktopState::Cloning
+                } else {
+                    DesktopState::Pending
+                };
+                view(n, s, false)
+            })
+            .collect();
+        let mut i = input(100, &ds);
+        i.queue_ahead = 8;
+        assert_eq!(plan(&i).create, vec![16]);
+    }
+
+    #[test]
+    fn the_queue_never_grows_the_pool_past_its_target() {
+        let mut i = input(10, &[]);
+        i.queue_ahead = 8;
+        assert_eq!(plan(&i).create.len(), 10);
+    }
+
+    #[test]
+    fn no_queue_while_the_vcenter_bound_holds_the_pool_back() {
+        let mut i = input(100, &[]);
+        i.queue_ahead = 8;
+        i.global_slots = 3;
+        assert_eq!(plan(&i).create.len(), 3);
+        // With its own clones at the bound, the queue does not need vCenter slots: its
+        // desktops wait for the pool's own places.
+        let ds: Vec<_> = (1..=8)
+            .map(|n| view(n, DesktopState::Cloning, false))
+            .collect();
+        let mut i = input(100, &ds);
+        i.queue_ahead = 8;
+        i.global_slots = 0;
+        assert_eq!(plan(&i).create.len(), 8);
+    }
+
     fn arb_state() -> impl Strategy<Value = DesktopState> {
         prop::sample::select(DesktopState::ALL.to_vec())
     }
@@ -345,6 +407,31 @@ mod tests {
                     prop_assert_eq!(spared, 0);
                 }
             }
+        }
+
+        #[test]
+        fn the_queue_ahead_stays_within_twice_the_bound_and_the_target(
+            ds in arb_desktops(), target in 0u32..50, conc in 1u32..10, global in 0u32..20,
+        ) {
+            let mut i = input(target, &ds);
+            i.max_concurrent = conc;
+            i.queue_ahead = conc;
+            i.global_slots = global;
+            let p = plan(&i);
+            let in_flight = ds.iter().filter(|d| d.state.occupies_clone_slot()).count() as u32;
+            prop_assert!(p.create.is_empty() || in_flight + p.create.len() as u32 <= 2 * conc);
+            let counted = ds.iter().filter(|d| d.state.counts_toward_size()).count() as u32;
+            prop_assert!(p.create.is_empty() || counted + p.create.len() as u32 <= target);
+            // Past the vCenter's free slots only while the pool's own bound is reached.
+            if p.create.len() as u32 > global {
+                prop_assert!(in_flight + global >= conc);
+            }
+            // Without a queue the plan is what it was.
+            let mut without = i.clone();
+            without.queue_ahead = 0;
+            let base = plan(&without);
+            prop_assert_eq!(&p.delete, &base.delete);
+            prop_assert!(p.create.starts_with(&base.create));
         }
 
         #[test]

@@ -11,6 +11,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::gate::CloneGate;
 use crate::inventory::Inventory;
 use crate::scheduler::Scheduler;
 use crate::vcenter::Vcenter;
@@ -49,6 +50,8 @@ pub(crate) struct Ctx {
     installation: tokio::sync::OnceCell<Uuid>,
     /// Foreign VMs (morefs) already reported this term: one event each, not one per sweep.
     pub(crate) reported_foreign: Mutex<HashSet<String>>,
+    /// pool id -> its clone gate (`max_concurrent_clones` clones running at once).
+    clone_gates: Mutex<HashMap<Uuid, Arc<CloneGate>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,7 +98,15 @@ impl Ctx {
             inventory: Mutex::default(),
             installation: tokio::sync::OnceCell::new(),
             reported_foreign: Mutex::default(),
+            clone_gates: Mutex::default(),
         }
+    }
+
+    /// The pool's clone gate, its bound set to `limit` (the pool's `max_concurrent_clones`).
+    pub(crate) fn clone_gate(&self, pool: Uuid, limit: u32) -> Arc<CloneGate> {
+        let gate = Arc::clone(lock(&self.clone_gates).entry(pool).or_default());
+        gate.set_limit(limit);
+        gate
     }
 
     /// Starts a transaction in which the fencing token is checked first: if this replica is

@@ -15,6 +15,7 @@ mod conditions;
 mod context;
 mod controller;
 mod error;
+mod gate;
 mod inventory;
 mod leader;
 mod leases;

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::compare;
 use crate::conditions::{note, set_condition};
 use crate::context::{Ctx, WorkerKind};
+use crate::gate::CloneGate;
 use crate::inventory::{self, Inventory, ResolveError};
 use crate::leases;
 use crate::policy::error_policy;
@@ -177,11 +178,20 @@ async fn pass(
         may_create: inventory.is_some(),
         may_delete: deleting || pool.spec.enabled,
         max_concurrent: pool.spec.max_concurrent_clones,
+        queue_ahead: queue_ahead(&pool),
         global_slots,
         max_index: pool.spec.max_index(),
         desktops: &views,
     });
     let created = planned.create.len() as u32;
+    let gate = ctx.clone_gate(pool.id, pool.spec.max_concurrent_clones);
+    // Desktops waiting at the gate read their rows again when the pool stops provisioning
+    // (or its inventory changes), and when some were marked for deletion.
+    let may_clone = active && inventory.is_some() && !backing_off;
+    gate.set_open_for(may_clone.then(|| inventory::fingerprint(&pool.spec)));
+    if !planned.delete.is_empty() {
+        gate.recheck();
+    }
     if inventory.is_some() && counted + created < desired && created >= global_slots {
         // The vCenter-wide bound held this pool back: a freed slot must wake it.
         ctx.scheduler.wait_for_slot(&name, &vc);
@@ -229,7 +239,7 @@ async fn pass(
         Arc::new(pool.clone()),
         &vc,
         &client,
-        inventory,
+        (inventory, &gate),
         rows,
         active,
     );
@@ -237,13 +247,21 @@ async fn pass(
     Ok(next_look(ctx, &name, Action::AwaitChange))
 }
 
-/// Hands every desktop that needs vCenter work, and has no worker yet, to one.
+/// Pending desktops kept committed ahead of the pool's clone bound: as many again, so each
+/// freed place is refilled at once, a whole wave deep.
+fn queue_ahead(pool: &Pool) -> u32 {
+    pool.spec.max_concurrent_clones
+}
+
+/// Hands every desktop that needs vCenter work, and has no worker yet, to one. A clone that
+/// already runs in vCenter takes its place at the pool's gate here, before any pending
+/// desktop of this pass can.
 fn start_workers(
     ctx: &Arc<Ctx>,
     pool: Arc<Pool>,
     vc: &Arc<crate::vcenter::Vcenter>,
     client: &deskpool_vsphere::Client,
-    inventory: Option<Arc<Inventory>>,
+    (inventory, gate): (Option<Arc<Inventory>>, &Arc<CloneGate>),
     rows: Vec<Desktop>,
     active: bool,
 ) {
@@ -254,18 +272,22 @@ fn start_workers(
         vc: Arc::clone(vc),
         client: client.clone(),
         pool: Arc::clone(&pool),
+        gate: Arc::clone(gate),
     };
-    for d in rows {
-        if ctx.has_worker(d.id) {
-            continue;
-        }
+    let (running, rest): (Vec<Desktop>, Vec<Desktop>) = rows
+        .into_iter()
+        .filter(|d| !ctx.has_worker(d.id))
+        .partition(|d| d.state == DesktopState::Cloning);
+    for d in running {
+        let place = gate.take_running();
+        steps::spawn_provision(job(), inventory.clone(), d, Some(place));
+    }
+    for d in rest {
         match d.state {
             DesktopState::Pending if active && inventory.is_some() => {
-                steps::spawn_provision(job(), inventory.clone(), d)
+                steps::spawn_provision(job(), inventory.clone(), d, None)
             }
-            DesktopState::Cloning | DesktopState::PoweringOn => {
-                steps::spawn_provision(job(), inventory.clone(), d)
-            }
+            DesktopState::PoweringOn => steps::spawn_provision(job(), inventory.clone(), d, None),
             DesktopState::Deleting if deleting_started < max => {
                 deleting_started += 1;
                 steps::spawn_delete(job(), d)

@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::conditions::set_condition;
 use crate::context::{Ctx, WorkerKind};
+use crate::gate::{Admission, CloneGate, GatePermit, Place};
 use crate::inventory::{self, Inventory, ResolveError};
 use crate::policy::error_policy;
 use crate::vcenter::Vcenter;
@@ -145,11 +146,14 @@ pub(crate) struct Job {
     pub(crate) vc: Arc<Vcenter>,
     pub(crate) client: Client,
     pub(crate) pool: Arc<Pool>,
+    /// The pool's clone gate.
+    pub(crate) gate: Arc<CloneGate>,
 }
 
 /// Claims `d` for a worker of `kind` and runs `work` (which takes the permits it needs) in a
-/// span naming the pool and desktop; the end is handled by [`finish`].
-fn spawn_worker<F, Fut>(job: Job, d: Desktop, kind: WorkerKind, work: F)
+/// span naming the pool and desktop; the end is handled by [`finish`], and only then is the
+/// worker's `place` at its pool's clone gate (if it still holds one) freed.
+fn spawn_worker<F, Fut>(job: Job, d: Desktop, kind: WorkerKind, place: Arc<Place>, work: F)
 where
     F: FnOnce(Arc<Ctx>, Arc<Vcenter>, Client, Arc<Pool>, Desktop) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
@@ -174,6 +178,7 @@ where
                 vc,
                 client,
                 pool,
+                gate: _,
             } = job;
             let id = d.id;
             // The pass read `d` before claiming it: a worker that ended in between (the
@@ -201,17 +206,31 @@ where
                 }
             };
             finish(&ctx, &pool.spec.name, id, what, result);
+            place.release();
         }
         .instrument(span),
     );
 }
 
 /// Starts a worker that takes a desktop from `pending`, `cloning` or `powering_on` to `ready`.
-pub(crate) fn spawn_provision(job: Job, inventory: Option<Arc<Inventory>>, d: Desktop) {
+/// `running`: the place at the pool's clone gate of a clone that already runs in vCenter.
+pub(crate) fn spawn_provision(
+    job: Job,
+    inventory: Option<Arc<Inventory>>,
+    d: Desktop,
+    running: Option<GatePermit>,
+) {
+    let place = Arc::new(Place::default());
+    if let Some(p) = running {
+        place.hold(p);
+    }
+    let gate = Arc::clone(&job.gate);
+    let held = Arc::clone(&place);
     spawn_worker(
         job,
         d,
         WorkerKind::Provision,
+        place,
         |ctx, vc, client, pool, d| async move {
             Provision {
                 ctx: &ctx,
@@ -219,6 +238,8 @@ pub(crate) fn spawn_provision(job: Job, inventory: Option<Arc<Inventory>>, d: De
                 client: &client,
                 pool: &pool,
                 inventory,
+                gate,
+                place: held,
             }
             .run(d)
             .await
@@ -247,6 +268,9 @@ struct Provision<'a> {
     client: &'a Client,
     pool: &'a Pool,
     inventory: Option<Arc<Inventory>>,
+    /// The pool's clone gate, and this worker's place at it while it clones.
+    gate: Arc<CloneGate>,
+    place: Arc<Place>,
 }
 
 /// What a step's execution leads to: vCenter's answer for the next step, or the worker's end.
@@ -270,9 +294,23 @@ impl Provision<'_> {
         let mut found = Found::default();
         let mut report = Report::Started;
         let mut slot: Option<OwnedSemaphorePermit> = None;
+        // The clone task succeeded and its slot was freed; the row is not recorded yet.
+        let mut clone_ended = false;
         loop {
+            if d.state == DesktopState::Pending && !self.place.is_held() {
+                match self.admit(d).await? {
+                    Some(row) => d = row,
+                    None => return Ok(()),
+                }
+            }
+            if clone_ended && d.state != DesktopState::Cloning {
+                // Recorded: the pool's next pass tops its queue of pending desktops up.
+                clone_ended = false;
+                self.ctx.wake(self.pool_name());
+            }
             let wanted = match d.state {
-                DesktopState::Pending | DesktopState::Cloning => Some(&self.vc.permits),
+                DesktopState::Pending => Some(&self.vc.permits),
+                DesktopState::Cloning if !clone_ended => Some(&self.vc.permits),
                 DesktopState::PoweringOn => Some(&self.vc.power_permits),
                 _ => None,
             };
@@ -282,13 +320,18 @@ impl Provision<'_> {
                     .is_some_and(|p| Arc::ptr_eq(p.semaphore(), sem))
                 {
                     if slot.take().is_some() {
-                        // The clone is done: its slot (and the pool's clone bound) is free for
-                        // the next desktop while this one powers on.
+                        // The clone is done: its slot (and its place at the pool's gate, where
+                        // the next desktop waits) is free while this one powers on.
+                        self.place.release();
                         self.ctx.scheduler.slot_freed();
                         self.ctx.wake(self.pool_name());
                     }
                     slot = Some(permit(self.ctx, sem).await?);
                 }
+            }
+            if !d.state.occupies_clone_slot() {
+                // No clone of this desktop runs (any more): the next one may start.
+                self.place.release();
             }
             let facts = StepDesktop {
                 state: d.state,
@@ -307,6 +350,19 @@ impl Provision<'_> {
             // pool fills) then holds only this loop's few locals, not room for the largest
             // step's state.
             match Box::pin(self.execute(step, &d, report, &mut found)).await? {
+                Next::Report(r @ Report::TaskEnded { vm: true })
+                    if d.state == DesktopState::Cloning =>
+                {
+                    // The clone exists: its vCenter slot and its place at the pool's gate go
+                    // to the next desktop now, before this one's result is recorded (a crash
+                    // in between finds the finished task again). A failure is no such end:
+                    // its place waits for the error policy.
+                    drop(slot.take());
+                    self.place.release();
+                    self.ctx.scheduler.slot_freed();
+                    clone_ended = true;
+                    report = r;
+                }
                 Next::Report(r) => report = r,
                 Next::Row(Some(n)) => {
                     let n = *n;
@@ -323,6 +379,57 @@ impl Provision<'_> {
                 Next::Row(None) | Next::Done => return Ok(()),
             }
         }
+    }
+
+    /// Takes a place at the pool's clone gate for pending desktop `d`. A desktop that had to
+    /// wait reads its row and pool again (the queue is committed ahead: either may have changed
+    /// meanwhile): the row it may go on with, or None when it must not clone now (the row is
+    /// gone or no longer pending, the pool stopped provisioning or backs off, its inventory
+    /// changed); the pool's next pass decides then.
+    async fn admit(&self, mut d: Desktop) -> Result<Option<Desktop>, Error> {
+        loop {
+            let admission = tokio::select! {
+                _ = self.ctx.cancel.cancelled() => return Err(Error::Stopped("leadership ended")),
+                a = self.gate.admit() => a,
+            };
+            let permit = match admission {
+                Admission::Now(p) => {
+                    self.place.hold(p);
+                    return Ok(Some(d));
+                }
+                Admission::AfterWait(p) => Some(p),
+                Admission::Recheck => None,
+            };
+            let Some(row) = self.still_wanted(d.id).await? else {
+                return Ok(None);
+            };
+            d = row;
+            if let Some(p) = permit {
+                self.place.hold(p);
+                return Ok(Some(d));
+            }
+        }
+    }
+
+    /// `desktop`'s row, read again, if it may still be cloned now: still pending, its pool
+    /// (read again too) still provisions with this worker's inventory, and the pool's last
+    /// pass did not close the gate (paused, backing off...). A clone that just failed may have
+    /// put the pool in `error` or `stopped` before any pass ran.
+    async fn still_wanted(&self, desktop: uuid::Uuid) -> Result<Option<Desktop>, Error> {
+        let fingerprint = inventory::fingerprint(&self.pool.spec);
+        if self.ctx.scheduler.backoff_until(self.pool_name()).is_some()
+            || !self.gate.is_open_for(&fingerprint)
+        {
+            return Ok(None);
+        }
+        let mut conn = self.ctx.db.acquire().await?;
+        let Some((row, pool)) = desktops::get_with_pool(&mut conn, desktop).await? else {
+            return Ok(None);
+        };
+        let provisions = pool.state == PoolState::Ok
+            && pool.spec.enabled
+            && inventory::fingerprint(&pool.spec) == fingerprint;
+        Ok((provisions && row.state == DesktopState::Pending).then_some(row))
     }
 
     /// Makes the calls and writes of one step. `before` is the answer that led to it.
@@ -821,6 +928,7 @@ pub(crate) fn spawn_delete(job: Job, d: Desktop) {
         job,
         d,
         WorkerKind::Delete,
+        Arc::default(),
         |ctx, vc, client, pool, mut d| async move {
             loop {
                 let slot = permit(&ctx, &vc.permits).await?;

@@ -233,6 +233,20 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Desktop>, S
     row.map(Desktop::try_from).transpose()
 }
 
+/// A desktop by id with its pool, as they are now (a queued desktop reads both again before
+/// it is cloned).
+pub async fn get_with_pool(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(Desktop, crate::pools::Pool)>, StoreError> {
+    let Some(d) = get(conn, id).await? else {
+        return Ok(None);
+    };
+    Ok(crate::pools::get_by_id(conn, d.pool_id)
+        .await?
+        .map(|p| (d, p)))
+}
+
 /// The fields the reconciler changes as a desktop moves along.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {

@@ -535,12 +535,22 @@ pub async fn set_snapshot_moref(
 }
 
 /// Counts a clone outcome: a success resets the pool's consecutive failure count, a failure
-/// adds one. Returns the new count.
+/// adds one. Returns the new count. A success with no failures to reset writes nothing, so
+/// the clones of a filling pool do not queue on its row's lock.
 pub async fn record_clone_outcome(
     conn: &mut PgConnection,
     id: Uuid,
     success: bool,
 ) -> Result<u32, StoreError> {
+    if success {
+        sqlx::query(
+            "UPDATE pools SET consecutive_failures = 0 WHERE id = $1 AND consecutive_failures <> 0",
+        )
+        .bind(id)
+        .execute(conn)
+        .await?;
+        return Ok(0);
+    }
     let (n,): (i32,) = sqlx::query_as(
         "UPDATE pools SET consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures + 1 END
          WHERE id = $1 RETURNING consecutive_failures",

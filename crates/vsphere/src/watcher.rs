@@ -9,9 +9,12 @@
 //! - one filter on that view for `info.state`, `info.result`, `info.error`, `info.entity`.
 //!
 //! A task added to the view enters the filter with its current properties, so a task that
-//! finished before it was registered is still reported. Watching N tasks costs a few
-//! `ModifyListView` calls (registrations arriving together share one) plus one
-//! `WaitForUpdatesEx` per batch of changes; finished tasks leave the view with the next
+//! finished before it was registered is still reported. Registrations are therefore batched
+//! without hurry: they wait while more keep arriving (up to [`MAX_BATCH`]) and share one
+//! `ModifyListView`, while the outstanding `WaitForUpdatesEx` is still answered at once; the
+//! next long poll goes out as soon as an answer is in. Watching N tasks costs one
+//! `ModifyListView` per batch of registrations plus one `WaitForUpdatesEx` per batch of
+//! changes (the tasks entering the view are one); finished tasks leave the view with the next
 //! batch of additions instead of a call of their own.
 
 use std::collections::{HashMap, HashSet};
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::base::MoRef;
 use crate::error::Error;
@@ -28,8 +32,16 @@ use crate::soap::{self, req, ObjectUpdate};
 use crate::types::{TaskInfo, TaskState};
 use crate::xml::{Node, Writer};
 
-/// Registrations arriving within this window share one `ModifyListView`.
+/// Registrations arriving within this window of the first share one `ModifyListView`...
 const BATCH_WINDOW: Duration = Duration::from_millis(25);
+/// ... and so do later ones while the gap between two stays below this ...
+const BATCH_QUIET: Duration = Duration::from_millis(10);
+/// ... up to this long after the first.
+const MAX_BATCH: Duration = Duration::from_millis(100);
+/// While tasks are in flight, the next long poll goes out this long after an answer, so that
+/// changes close together share one answer (about the old 25 ms batching's call rate at half
+/// its latency; clones started together then stay together).
+const ANSWER_GAP: Duration = Duration::from_millis(15);
 /// Consecutive failed rounds after which the waiters get the error instead of waiting on.
 const MAX_FAILURES: u32 = 3;
 /// Finished tasks kept in the view before a dedicated removal call is worth it.
@@ -78,6 +90,8 @@ struct Watcher {
     known: HashMap<MoRef, Known>,
     server: Option<ServerSide>,
     failures: u32,
+    /// When the first and the last registration not yet in the view arrived.
+    unsynced: Option<(Instant, Instant)>,
 }
 
 pub(crate) async fn run(session: Arc<Session>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
@@ -89,6 +103,7 @@ pub(crate) async fn run(session: Arc<Session>, mut rx: mpsc::UnboundedReceiver<C
         known: HashMap::new(),
         server: None,
         failures: 0,
+        unsynced: None,
     };
     loop {
         if w.waiters.is_empty() {
@@ -98,14 +113,20 @@ pub(crate) async fn run(session: Arc<Session>, mut rx: mpsc::UnboundedReceiver<C
                 Some(Cmd::Shutdown) | None => return w.fail_all(|| Error::Closed),
             }
         }
-        if !w.drain(&mut rx).await {
+        if !w.take_queued(&mut rx) {
             return w.fail_all(|| Error::Closed);
         }
-        if let Err(e) = w.round(&mut rx, &mut reconnects).await {
-            if matches!(e, Error::Closed) {
-                return w.fail_all(|| Error::Closed);
+        match w.round(&mut rx, &mut reconnects).await {
+            Ok(true) if !w.waiters.is_empty() => {
+                // Tasks still in flight: let changes that come close together share the next
+                // answer (clones started together then end together, and are reported so).
+                if !w.pause(&mut rx, Instant::now() + ANSWER_GAP).await {
+                    return w.fail_all(|| Error::Closed);
+                }
             }
-            w.on_error(e).await;
+            Ok(_) => {}
+            Err(Error::Closed) => return w.fail_all(|| Error::Closed),
+            Err(e) => w.on_error(e).await,
         }
     }
 }
@@ -123,10 +144,26 @@ impl Watcher {
                 return;
             }
         }
-        self.heard
-            .entry(task.clone())
-            .or_insert_with(tokio::time::Instant::now);
+        let now = Instant::now();
+        self.heard.entry(task.clone()).or_insert(now);
+        let in_view = self
+            .server
+            .as_ref()
+            .is_some_and(|s| s.in_view.contains(&task));
+        if !in_view {
+            self.unsynced = Some(self.unsynced.map_or((now, now), |(first, _)| (first, now)));
+        }
         self.waiters.entry(task).or_default().push(reply);
+    }
+
+    /// When the registrations not yet in the view are to be added: [`BATCH_WINDOW`] after
+    /// the first, later while more keep coming, [`MAX_BATCH`] after the first at the latest.
+    fn batch_deadline(&self) -> Option<Instant> {
+        self.unsynced.map(|(first, last)| {
+            (first + BATCH_WINDOW)
+                .max(last + BATCH_QUIET)
+                .min(first + MAX_BATCH)
+        })
     }
 
     /// Reads every waited-for task that has been silent for `task_silence` directly and
@@ -187,9 +224,21 @@ impl Watcher {
             .map_or_else(|| tokio::time::Instant::now() + silence, |at| *at + silence)
     }
 
-    /// Collect registrations that arrive within the batch window. False on shutdown.
-    async fn drain(&mut self, rx: &mut mpsc::UnboundedReceiver<Cmd>) -> bool {
-        tokio::time::sleep(BATCH_WINDOW).await;
+    /// Takes registrations until `until`. False on shutdown.
+    async fn pause(&mut self, rx: &mut mpsc::UnboundedReceiver<Cmd>, until: Instant) -> bool {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Watch { task, reply }) => self.add_waiter(task, reply),
+                    Some(Cmd::Shutdown) | None => return false,
+                },
+            }
+        }
+    }
+
+    /// Takes the registrations already queued, without waiting. False on shutdown.
+    fn take_queued(&mut self, rx: &mut mpsc::UnboundedReceiver<Cmd>) -> bool {
         loop {
             match rx.try_recv() {
                 Ok(Cmd::Watch { task, reply }) => self.add_waiter(task, reply),
@@ -199,13 +248,14 @@ impl Watcher {
         }
     }
 
-    /// Set up if needed, sync the view, then long-poll until there is news (or a
-    /// registration or re-login needs the view changed).
+    /// Set up if needed, then long-poll until there is news; registrations meanwhile are
+    /// added to the view when their batch is due (see [`Watcher::batch_deadline`]), and the
+    /// outstanding long poll then also returns.
     async fn round(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Cmd>,
         reconnects: &mut tokio::sync::watch::Receiver<u64>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let generation = self.session.session_generation();
         if self
             .server
@@ -213,10 +263,13 @@ impl Watcher {
             .is_none_or(|s| s.objects.generation() != generation)
         {
             self.setup().await?;
+            // A new view holds nothing yet: every waited-for task goes in now.
+            self.sync_view().await?;
+        } else if self.batch_deadline().is_some_and(|at| at <= Instant::now()) {
+            self.sync_view().await?;
         }
-        self.sync_view().await?;
         if self.waiters.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let server = self.server.as_ref().ok_or(Error::Closed)?;
         let pc = server.pc.clone();
@@ -248,23 +301,22 @@ impl Watcher {
                         s.version = v;
                     }
                     self.apply(set.updates);
-                    return Ok(());
+                    return Ok(true);
                 }
                 cmd = rx.recv() => {
                     match cmd {
                         Some(Cmd::Watch { task, reply }) => self.add_waiter(task, reply),
                         Some(Cmd::Shutdown) | None => return Err(Error::Closed),
                     }
-                    if !self.drain(rx).await {
-                        return Err(Error::Closed);
-                    }
+                }
+                _ = sleep_until_some(self.batch_deadline()) => {
                     // The outstanding wait returns once the view change is visible.
                     self.sync_view().await?;
                 }
                 _ = tokio::time::sleep_until(self.next_silence_check()) => {
                     self.read_silent().await;
                     if self.waiters.is_empty() {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
                 changed = reconnects.changed() => {
@@ -272,7 +324,7 @@ impl Watcher {
                         return Err(Error::Closed);
                     }
                     // The long poll belongs to the old session: drop it and rebuild.
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
@@ -326,6 +378,7 @@ impl Watcher {
                 .cloned()
                 .collect();
             if add.is_empty() && stale.len() < MAX_STALE_IN_VIEW {
+                self.unsynced = None;
                 return Ok(());
             }
             let mut w = Writer::new();
@@ -359,6 +412,7 @@ impl Watcher {
                     for t in missing {
                         self.fail_task(&t);
                     }
+                    self.unsynced = None;
                     return Ok(());
                 }
                 // The simulator faults instead, naming the first missing task.
@@ -374,6 +428,9 @@ impl Watcher {
                 Err(e) => return Err(e),
             }
         }
+        // Still some left to add: try again after a batch window, not in a tight loop.
+        let now = Instant::now();
+        self.unsynced = Some((now, now));
         Ok(())
     }
 
@@ -478,6 +535,14 @@ impl Watcher {
                 let _ = r.send(Err(err()));
             }
         }
+    }
+}
+
+/// Sleeps until `at`; forever when None.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
