@@ -26,7 +26,7 @@ impl Modify for BearerAuth {
     info(title = "deskpool", description = "Keeps VMware vSphere desktop pools at their target size with linked clones."),
     paths(
         pools::list, pools::create, pools::get, pools::replace, pools::resize, pools::delete,
-        pools::pause, pools::resume,
+        pools::pause, pools::resume, pools::push_image, pools::resume_rollout,
         desktops::list, desktops::get, desktops::delete,
         events::list,
         tokens::whoami, tokens::list, tokens::create, tokens::revoke,
@@ -34,8 +34,9 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
-        deskpool_domain::PoolSpec, deskpool_domain::GuestOs,
+        deskpool_domain::PoolSpec, deskpool_domain::GuestOs, deskpool_domain::LogoffPolicy,
         model::PoolView, model::PoolStatus, model::PoolStateView, model::PoolList, model::Resize,
+        model::RolloutView, model::ImageCount, model::ImagePush,
         model::DesktopView, model::DesktopStateView, model::DesktopPage,
         model::EventView, model::EventPage,
         tokens::TokenView, tokens::TokenList, tokens::NewToken, tokens::CreatedToken,

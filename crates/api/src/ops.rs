@@ -81,9 +81,10 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
         let mut conn = state.db.acquire().await?;
         let all = pools::list(&mut conn).await?;
         let counts = desktops::counts_by_state(&mut conn).await?;
-        Ok::<_, deskpool_store::StoreError>((all, counts))
+        let images = pools::image_counts_all(&mut conn).await?;
+        Ok::<_, deskpool_store::StoreError>((all, counts, images))
     };
-    let (all, counts) = match tokio::time::timeout(DB_DEADLINE, read).await {
+    let (all, counts, images) = match tokio::time::timeout(DB_DEADLINE, read).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("timed out".to_owned()),
@@ -115,6 +116,7 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
         );
     }
     out.push_str(&crate::gauges::pool_states(&all));
+    out.push_str(&crate::gauges::outdated(&all, &images));
     Ok(out)
 }
 

@@ -185,6 +185,11 @@ async fn create_pool(db: &PgPool, name: &str, target: u32) {
         power_on: true,
         max_concurrent_clones: 6,
         enabled: true,
+        max_surge: None,
+        max_unavailable: 0,
+        stop_on_error: true,
+        logoff_policy: deskpool_domain::LogoffPolicy::Wait,
+        force_after_secs: 3600,
     };
     let mut c = db.acquire().await.unwrap();
     deskpool_store::pools::insert(&mut c, &spec).await.unwrap();

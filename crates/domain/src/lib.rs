@@ -8,6 +8,7 @@
 mod naming;
 mod ownership;
 mod plan;
+mod rollout;
 mod spec;
 mod state;
 mod step;
@@ -15,8 +16,14 @@ mod step;
 pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
 pub use plan::{plan, Plan, PlanDesktop, PlanInput};
-pub use spec::{is_slug, GuestOs, PoolSpec, SpecError, WINDOWS_NAME_LIMIT};
-pub use state::{DesktopState, EventKind, PoolState, UnknownState};
+pub use rollout::{
+    claimable_floor, force_release_due, plan_rollout, plan_with_rollout, rollout_transition,
+    RolloutLimits, RolloutSeen, RolloutTransition,
+};
+pub use spec::{
+    is_slug, GuestOs, LogoffPolicy, PoolSpec, SpecError, MAX_FORCE_AFTER_SECS, WINDOWS_NAME_LIMIT,
+};
+pub use state::{DesktopState, EventKind, PoolState, RolloutState, UnknownState};
 pub use step::{next_step, Failure, FaultClass, Lookup, NameHolder, Report, Step, StepDesktop};
 
 /// Key of the extraConfig marker naming the pool that owns a VM.

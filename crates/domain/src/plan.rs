@@ -18,6 +18,10 @@ pub struct PlanDesktop {
     pub state: DesktopState,
     /// Last known power state (false when unknown).
     pub powered_on: bool,
+    /// Someone holds the desktop (a claim): never removed by sizing or a rollout.
+    pub claimed: bool,
+    /// The desktop is on another image (snapshot moref) than the pool's.
+    pub outdated: bool,
 }
 
 /// The inputs of one planning pass for one pool.
@@ -57,7 +61,7 @@ impl Plan {
 
 /// Removal preference: lower goes first. Failed desktops, then those still provisioning,
 /// then powered-off ready ones, then the rest; within a rank the highest index first.
-fn removal_rank(d: &PlanDesktop) -> (u8, std::cmp::Reverse<u32>) {
+pub(crate) fn removal_rank(d: &PlanDesktop) -> (u8, std::cmp::Reverse<u32>) {
     let rank = match d.state {
         DesktopState::Failed => 0,
         s if s.is_provisioning() => 1,
@@ -133,6 +137,8 @@ mod tests {
             index,
             state,
             powered_on,
+            claimed: false,
+            outdated: false,
         }
     }
 

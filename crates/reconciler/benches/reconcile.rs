@@ -231,6 +231,11 @@ fn spec(name: &str, target: u32, max: u32, concurrency: u32) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: concurrency,
         enabled: true,
+        max_surge: None,
+        max_unavailable: 0,
+        stop_on_error: true,
+        logoff_policy: deskpool_domain::LogoffPolicy::Wait,
+        force_after_secs: 3600,
     }
 }
 

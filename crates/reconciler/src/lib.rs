@@ -19,6 +19,7 @@ mod inventory;
 mod leader;
 mod policy;
 mod reconcile;
+mod rollout;
 mod scheduler;
 mod sources;
 mod status;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::Error;
-pub use status::{Leadership, StatusHandle};
+pub use status::{Leadership, SnapshotError, StatusHandle};
 use tokio_util::sync::CancellationToken;
 pub use vcenter::VcenterStatus;
 

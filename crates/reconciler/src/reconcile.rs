@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deskpool_domain::{plan, DesktopState, EventKind, PlanDesktop, PlanInput, PoolState};
+use deskpool_domain::{
+    plan_with_rollout, DesktopState, EventKind, PlanDesktop, PlanInput, PoolState, RolloutLimits,
+    RolloutState,
+};
 use deskpool_store::desktops::{self, Desktop, NewDesktop};
 use deskpool_store::pools::{self, Pool};
 use deskpool_store::StoreError;
@@ -19,6 +22,7 @@ use crate::conditions::{note, set_condition};
 use crate::context::{Ctx, WorkerKind};
 use crate::inventory::{self, Inventory, ResolveError};
 use crate::policy::error_policy;
+use crate::rollout;
 use crate::scheduler::{Action, Inputs};
 use crate::steps;
 use crate::Error;
@@ -76,11 +80,18 @@ pub(crate) async fn reconcile(
         compare::resync(ctx, &pool, &mut rows, sweep).await?;
     }
 
+    let mut pool = pool;
+    if !deleting {
+        rollout::advance(ctx, &mut pool, &rows).await?;
+    }
+    let rolling = !deleting && pool.rollout.state == RolloutState::Rolling;
+    let outdated = rollout::outdated(&pool, &rows);
     let counted = rows.iter().filter(|d| d.state.counts_toward_size()).count() as u32;
     let active = !deleting && pool.spec.enabled && pool.state == PoolState::Ok;
     let backing_off = ctx.scheduler.backoff_until(&name).is_some();
-    let wants_clones =
-        counted < pool.spec.target_size || rows.iter().any(|d| d.state == DesktopState::Pending);
+    let wants_clones = counted < pool.spec.target_size
+        || rows.iter().any(|d| d.state == DesktopState::Pending)
+        || (rolling && !outdated.is_empty());
     let mut problem = None;
     let inventory = if active && wants_clones && !backing_off {
         let cache_key = (
@@ -92,11 +103,11 @@ pub(crate) async fn reconcile(
             None => match inventory::resolve(&client, &pool.spec).await {
                 Ok(inv) => {
                     let inv = Arc::new(inv);
-                    if pool.snapshot_moref.as_deref() != Some(inv.snapshot.value.as_str()) {
-                        let mut tx = ctx.begin().await?;
-                        pools::set_snapshot_moref(&mut tx, pool.id, &inv.snapshot.value).await?;
-                        tx.commit().await?;
-                        tracing::info!(pool = %name, snapshot = %inv.snapshot, selector = %pool.spec.snapshot, "snapshot resolved");
+                    if pool.snapshot_moref.is_none() {
+                        // Not pinned yet (a new pool, or a spec change the API did not
+                        // resolve): pin what the selector names now.
+                        rollout::pin(ctx, &mut pool, &inv.snapshot.value).await?;
+                        tracing::info!(pool = %name, snapshot = %inv.snapshot, selector = %pool.spec.snapshot, "snapshot resolved and pinned");
                     }
                     ctx.store_inventory(&name, cache_key, Arc::clone(&inv));
                     Some(inv)
@@ -116,6 +127,8 @@ pub(crate) async fn reconcile(
     } else {
         None
     };
+    // Clones are made from the pool's pinned image, whatever the selector names today.
+    let inventory = inventory.map(|inv| rollout::on_pinned_image(inv, &pool));
 
     let views: Vec<PlanDesktop> = rows
         .iter()
@@ -124,18 +137,27 @@ pub(crate) async fn reconcile(
             index: d.index,
             state: d.state,
             powered_on: d.powered_on,
+            claimed: false,
+            outdated: outdated.contains(&d.id),
         })
         .collect();
     let global_slots = vc.permits.available_permits() as u32;
-    let planned = plan(&PlanInput {
-        target: if deleting { 0 } else { pool.spec.target_size },
-        may_create: inventory.is_some(),
-        may_delete: deleting || pool.spec.enabled,
-        max_concurrent: pool.spec.max_concurrent_clones,
-        global_slots,
-        max_index: pool.spec.max_index(),
-        desktops: &views,
+    let rollout_limits = (rolling && !deleting).then(|| RolloutLimits {
+        max_surge: pool.spec.surge(),
+        max_unavailable: pool.spec.max_unavailable,
     });
+    let planned = plan_with_rollout(
+        &PlanInput {
+            target: if deleting { 0 } else { pool.spec.target_size },
+            may_create: inventory.is_some(),
+            may_delete: deleting || pool.spec.enabled,
+            max_concurrent: pool.spec.max_concurrent_clones,
+            global_slots,
+            max_index: pool.spec.max_index(),
+            desktops: &views,
+        },
+        rollout_limits,
+    );
     let created = planned.create.len() as u32;
     if inventory.is_some() && counted + created < pool.spec.target_size && created >= global_slots {
         // The vCenter-wide bound held this pool back: a freed slot must wake it.
@@ -275,6 +297,15 @@ async fn record_plan(
                 format!(
                     "it failed ({})",
                     d.last_error.as_deref().unwrap_or("no detail")
+                )
+            } else if pool.rollout.state == RolloutState::Rolling
+                && d.snapshot_moref.is_some()
+                && d.snapshot_moref != pool.snapshot_moref
+            {
+                format!(
+                    "rolling out image {}: it is on {}",
+                    pool.snapshot_moref.as_deref().unwrap_or("?"),
+                    d.snapshot_moref.as_deref().unwrap_or("?")
                 )
             } else {
                 format!("scaling down to {}", pool.spec.target_size)

@@ -25,6 +25,11 @@ fn spec(name: &str) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: 8,
         enabled: true,
+        max_surge: None,
+        max_unavailable: 0,
+        stop_on_error: true,
+        logoff_policy: deskpool_domain::LogoffPolicy::Wait,
+        force_after_secs: 3600,
     }
 }
 
@@ -96,12 +101,21 @@ async fn upgrade_records_existing_desktops(db: PgPool) {
     for m in &before {
         sqlx::raw_sql(&m.sql).execute(&mut *c).await.unwrap();
     }
-    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    // The schema of that time: raw SQL, since today's store reads columns added later.
+    let (pool_id,): (Uuid,) = sqlx::query_as(
+        "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
+             naming_pattern, target_size, max_size)
+         VALUES (gen_random_uuid(), 'lab', 'vc1', 'DC0', 'golden', 'current', 'lab', 'DC0_C0', 'lab-{n:3}', 2, 10)
+         RETURNING id",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .unwrap();
     let uuid = Uuid::new_v4();
     desktops::insert_pending(
         &mut c,
         &NewDesktop {
-            pool_id: p.id,
+            pool_id,
             name: "lab-001",
             index: 1,
             instance_uuid: uuid,

@@ -30,6 +30,11 @@ fn spec(name: &str) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: 8,
         enabled: true,
+        max_surge: None,
+        max_unavailable: 0,
+        stop_on_error: true,
+        logoff_policy: deskpool_domain::LogoffPolicy::Wait,
+        force_after_secs: 3600,
     }
 }
 
