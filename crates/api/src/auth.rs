@@ -23,6 +23,9 @@ pub(crate) trait MinRole: Send + Sync + 'static {
 /// Any valid token.
 #[derive(Debug)]
 pub(crate) struct Viewer;
+/// Broker, helpdesk or admin: may claim and release desktops.
+#[derive(Debug)]
+pub(crate) struct Broker;
 /// Helpdesk or admin.
 #[derive(Debug)]
 pub(crate) struct Helpdesk;
@@ -32,6 +35,9 @@ pub(crate) struct Admin;
 
 impl MinRole for Viewer {
     const ROLE: Role = Role::Viewer;
+}
+impl MinRole for Broker {
+    const ROLE: Role = Role::Broker;
 }
 impl MinRole for Helpdesk {
     const ROLE: Role = Role::Helpdesk;

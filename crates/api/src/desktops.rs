@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use deskpool_domain::{is_slug, DesktopState, EventKind, PoolState};
+use deskpool_store::claims;
 use deskpool_store::desktops::{self, Desktop};
 use deskpool_store::events::{self, NewEvent};
 use deskpool_store::pools::{self, Pool};
@@ -23,7 +24,7 @@ fn plausible(name: &str) -> bool {
     !name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)
 }
 
-async fn find_pool(conn: &mut PgConnection, name: &str) -> ApiResult<Pool> {
+pub(crate) async fn find_pool(conn: &mut PgConnection, name: &str) -> ApiResult<Pool> {
     if !is_slug(name) {
         return Err(ApiError::pool_not_found(name));
     }
@@ -32,7 +33,11 @@ async fn find_pool(conn: &mut PgConnection, name: &str) -> ApiResult<Pool> {
         .ok_or_else(|| ApiError::pool_not_found(name))
 }
 
-async fn find(conn: &mut PgConnection, pool: &Pool, desktop: &str) -> ApiResult<Desktop> {
+pub(crate) async fn find(
+    conn: &mut PgConnection,
+    pool: &Pool,
+    desktop: &str,
+) -> ApiResult<Desktop> {
     let missing = || {
         ApiError::not_found(format!(
             "pool '{}' has no desktop named '{desktop}'",
@@ -125,7 +130,7 @@ pub(crate) async fn get(
 }
 
 /// Why a pool cannot provision a replacement now, if it cannot.
-fn not_provisioning(pool: &Pool) -> Option<String> {
+pub(crate) fn not_provisioning(pool: &Pool) -> Option<String> {
     match pool.state {
         PoolState::Deleting => None,
         _ if !pool.spec.enabled => Some("is paused".to_owned()),
@@ -138,29 +143,47 @@ fn not_provisioning(pool: &Pool) -> Option<String> {
     }
 }
 
+/// Whether `?force=true` was given (`false` and absence mean no).
+pub(crate) fn force(query: &QueryPairs) -> ApiResult<bool> {
+    query.only(&["force"])?;
+    Ok(query
+        .parse("force", "true or false", |v| match v {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        })?
+        .unwrap_or(false))
+}
+
 /// Replaces a desktop (helpdesk or admin): it is marked `deleting`; the reconciler destroys
 /// it and provisions a replacement. Repeating the call is harmless. Refused (409
 /// `pool_not_provisioning`) while the pool is paused, in error or stopped, unless the desktop
 /// has failed: the desktop would be destroyed with no replacement, below the pool's floor.
+/// A claimed desktop is refused (409 `desktop_claimed`) unless `?force=true`, which ends the
+/// claim and is evented (`forced_removal`) with the caller and the user.
 #[utoipa::path(delete, path = "/api/v1/pools/{name}/desktops/{desktop}", tag = "desktops",
     security(("bearer" = [])),
     params(
         ("name" = String, Path, description = "Pool name"),
         ("desktop" = String, Path, description = "Desktop (VM) name"),
+        ("force" = Option<bool>, Query, description = "Remove the desktop even though a user holds it"),
     ),
     responses(
         (status = 202, description = "Marked for deletion", body = DesktopView),
+        (status = 400, description = "Bad query parameter", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "Viewer token", body = ErrorBody),
+        (status = 403, description = "Viewer or broker token", body = ErrorBody),
         (status = 404, description = "No such pool or desktop", body = ErrorBody),
-        (status = 409, description = "The pool is paused, in error or stopped: no replacement would come", body = ErrorBody),
+        (status = 409, description = "`desktop_claimed`: a user holds it (use ?force=true); or `pool_not_provisioning`: the pool is paused, in error or stopped and no replacement would come", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller<Helpdesk>,
     ApiPath((name, desktop)): ApiPath<(String, String)>,
+    query: QueryPairs,
 ) -> ApiResult<(StatusCode, Json<DesktopView>)> {
+    let force = force(&query)?;
     let mut tx = state.db.begin().await?;
     let pool = find_pool(&mut tx, &name).await?;
     let mut d = find(&mut tx, &pool, &desktop).await?;
@@ -176,7 +199,49 @@ pub(crate) async fn delete(
             ));
         }
     }
-    if desktops::mark_deleting(&mut tx, &[d.id]).await? == 1 {
+    if force {
+        if let Some((removed, user)) = claims::force_remove(&mut tx, d.id).await? {
+            let (kind, message) = match user {
+                Some(user) => {
+                    tracing::warn!(pool = %name, desktop = %d.name, actor = %caller.name, %user, "claimed desktop removed with force");
+                    (
+                        EventKind::ForcedRemoval,
+                        format!(
+                            "claimed desktop removed with force (held by {user}, was {})",
+                            d.state
+                        ),
+                    )
+                }
+                None => (
+                    EventKind::DesktopDeleting,
+                    format!("desktop marked for deletion (was {})", d.state),
+                ),
+            };
+            if d.state != DesktopState::Deleting || kind == EventKind::ForcedRemoval {
+                events::record(
+                    &mut tx,
+                    &NewEvent {
+                        pool: Some(&name),
+                        desktop: Some(&d.name),
+                        actor: &caller.name,
+                        kind,
+                        message: &message,
+                    },
+                )
+                .await?;
+            }
+            deskpool_store::notify_pool(&mut tx, &name).await?;
+            d = removed;
+        }
+        tx.commit().await?;
+        return Ok((StatusCode::ACCEPTED, Json(DesktopView::new(&name, d))));
+    }
+    // Only an unclaimed desktop is moved: a claim made since `find` read the row wins.
+    if desktops::mark_deleting_unclaimed(&mut tx, &[d.id])
+        .await?
+        .len()
+        == 1
+    {
         events::record(
             &mut tx,
             &NewEvent {
@@ -191,6 +256,19 @@ pub(crate) async fn delete(
         // Desktop rows have no trigger: wake the reconciler explicitly (delivered at commit).
         deskpool_store::notify_pool(&mut tx, &name).await?;
         d.state = DesktopState::Deleting;
+    } else if d.state != DesktopState::Deleting {
+        let holder = desktops::get(&mut tx, d.id)
+            .await?
+            .and_then(|now| now.claimed_by)
+            .unwrap_or_else(|| "a user".to_owned());
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "desktop_claimed",
+            format!(
+                "desktop '{}' is claimed by {holder}: release it first, or delete with ?force=true to take it away",
+                d.name
+            ),
+        ));
     }
     tx.commit().await?;
     Ok((StatusCode::ACCEPTED, Json(DesktopView::new(&name, d))))

@@ -1,4 +1,4 @@
-//! deskpool's HTTP API: pools, desktops and events under `/api/v1`, plus `/healthz`,
+//! deskpool's HTTP API: pools, desktops, claims and events under `/api/v1`, plus `/healthz`,
 //! `/readyz`, `/metrics` and `/openapi.json`.
 //!
 //! [`router`] builds everything; the binary only binds a listener and serves it. Every route
@@ -17,6 +17,7 @@
 //! rather than merged into a router that has its own `/healthz` (axum panics on the clash).
 
 mod auth;
+mod claims;
 mod desktops;
 mod error;
 mod events;
@@ -44,9 +45,9 @@ use http::{Method, StatusCode};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use metrics_setup::{install_metrics_recorder, metrics_builder};
 pub use model::{
-    Alive, DbHealth, DesktopPage, DesktopStateView, DesktopView, EventPage, EventView,
-    HealthSnapshot, ImageCount, ImagePush, PoolList, PoolStateView, PoolStatus, PoolView,
-    Readiness, ReplicaRole, Resize, RolloutView, VcenterHealth,
+    Alive, ClaimAnswer, ClaimRequest, DbHealth, DesktopPage, DesktopStateView, DesktopView,
+    EventPage, EventView, HealthSnapshot, ImageCount, ImagePush, PoolList, PoolStateView,
+    PoolStatus, PoolView, Readiness, ReplicaRole, Resize, RolloutView, VcenterHealth,
 };
 pub use openapi::openapi;
 pub use tokens::{CreatedToken, NewToken, Permissions, TokenList, TokenView, Whoami};
@@ -187,6 +188,12 @@ fn table() -> Table {
             Method::DELETE,
             "/api/v1/pools/{name}/desktops/{desktop}",
             desktops::delete,
+        )
+        .add(Method::POST, "/api/v1/pools/{name}/claim", claims::claim)
+        .add(
+            Method::POST,
+            "/api/v1/pools/{name}/desktops/{desktop}/release",
+            claims::release,
         )
         .add(Method::GET, "/api/v1/events", events::list)
         .add(Method::GET, "/api/v1/whoami", tokens::whoami)

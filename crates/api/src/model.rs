@@ -1,7 +1,7 @@
 //! The JSON shapes the API answers with (requests are `PoolSpec` and [`Resize`]).
 
 use chrono::{DateTime, Utc};
-use deskpool_domain::{DesktopState, PoolSpec, PoolState, RolloutState};
+use deskpool_domain::{desired_size, DesktopState, PoolSpec, PoolState, RolloutState};
 use deskpool_store::desktops::Desktop;
 use deskpool_store::events::Event;
 use deskpool_store::pools::{Pool, PoolCounts};
@@ -68,8 +68,17 @@ impl From<DesktopState> for DesktopStateView {
 /// What the reconciler reports about a pool, with live desktop counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PoolStatus {
-    /// Desired number of desktops (the spec's `target_size`).
+    /// The spec's `target_size`.
     pub target: u32,
+    /// The size the pool moves to: `min(max_size, max(target_size, claimed + min_spare))`
+    /// (0 while the pool is being deleted).
+    pub desired: u32,
+    /// Desktops held by users (never removed by sizing).
+    pub claimed: u32,
+    /// Ready desktops nobody holds: what the next claims get.
+    pub spare: u32,
+    /// Claimed desktops above `target_size`: the pool shrinks by these as they are released.
+    pub over_target: u32,
     /// Desktops ready for use.
     pub ready: u32,
     /// Desktops being provisioned.
@@ -164,6 +173,19 @@ impl PoolView {
             name: pool.spec.name.clone(),
             status: PoolStatus {
                 target: pool.spec.target_size,
+                desired: if pool.state == PoolState::Deleting {
+                    0
+                } else {
+                    desired_size(
+                        pool.spec.target_size,
+                        pool.spec.min_spare,
+                        pool.spec.max_size,
+                        counts.claimed,
+                    )
+                },
+                claimed: counts.claimed,
+                spare: counts.spare,
+                over_target: counts.claimed.saturating_sub(pool.spec.target_size),
                 ready: counts.ready,
                 provisioning: counts.provisioning,
                 failed: counts.failed,
@@ -224,12 +246,16 @@ pub struct PoolList {
     pub pools: Vec<PoolView>,
 }
 
-/// A resize request.
+/// A resize request: a new target size, a new number of spares, or both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resize {
     /// New target size, within the pool's `min_size..=max_size`.
-    pub target_size: u32,
+    #[serde(default)]
+    pub target_size: Option<u32>,
+    /// New number of ready, unclaimed desktops to keep, within `0..=max_size`.
+    #[serde(default)]
+    pub min_spare: Option<u32>,
 }
 
 /// One desktop.
@@ -259,6 +285,16 @@ pub struct DesktopView {
     pub updated_at: DateTime<Utc>,
     /// When the desktop became ready.
     pub ready_at: Option<DateTime<Utc>>,
+    /// Who holds the desktop, if anyone.
+    pub claimed_by: Option<String>,
+    /// When the claim was made.
+    pub claimed_at: Option<DateTime<Utc>>,
+    /// When the claim ends unless renewed (by claiming again).
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The guest's IPv4 address as vCenter reports it.
+    pub ip_address: Option<String>,
+    /// The guest's state as vCenter reports it.
+    pub guest_state: Option<String>,
 }
 
 impl DesktopView {
@@ -277,8 +313,36 @@ impl DesktopView {
             created_at: d.created_at,
             updated_at: d.updated_at,
             ready_at: d.ready_at,
+            claimed_by: d.claimed_by,
+            claimed_at: d.claimed_at,
+            lease_expires_at: d.lease_expires_at,
+            ip_address: d.ip_address,
+            guest_state: d.guest_state,
         }
     }
+}
+
+/// A claim request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// Who the desktop is for (1-256 characters, no control characters), e.g. a user name.
+    pub user: String,
+    /// Lease in seconds (60..=604800); the pool's `claim_lease_secs` when absent.
+    #[serde(default)]
+    pub lease_secs: Option<u32>,
+}
+
+/// A claimed (or released) desktop, and the pool's status, which says whether new desktops
+/// are coming (`paused`, `state`, `last_error`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClaimAnswer {
+    /// The desktop.
+    pub desktop: DesktopView,
+    /// True when the user already held this desktop and only its lease was extended.
+    pub renewed: bool,
+    /// The pool's status after the call.
+    pub pool_status: PoolStatus,
 }
 
 /// One page of a pool's desktops, by name.

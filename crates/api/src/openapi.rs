@@ -7,7 +7,7 @@ use http::header;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{desktops, error, events, model, ops, pools, tokens};
+use crate::{claims, desktops, error, events, model, ops, pools, tokens};
 
 struct BearerAuth;
 
@@ -28,6 +28,7 @@ impl Modify for BearerAuth {
         pools::list, pools::create, pools::get, pools::replace, pools::resize, pools::delete,
         pools::pause, pools::resume, pools::push_image, pools::resume_rollout,
         desktops::list, desktops::get, desktops::delete,
+        claims::claim, claims::release,
         events::list,
         tokens::whoami, tokens::list, tokens::create, tokens::revoke,
         ops::healthz, ops::readyz, ops::metrics, openapi_json,
@@ -35,9 +36,11 @@ impl Modify for BearerAuth {
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
         deskpool_domain::PoolSpec, deskpool_domain::GuestOs, deskpool_domain::LogoffPolicy,
+        deskpool_domain::PoolSpec, deskpool_domain::GuestOs, deskpool_domain::OnRelease,
         model::PoolView, model::PoolStatus, model::PoolStateView, model::PoolList, model::Resize,
         model::RolloutView, model::ImageCount, model::ImagePush,
         model::DesktopView, model::DesktopStateView, model::DesktopPage,
+        model::ClaimRequest, model::ClaimAnswer,
         model::EventView, model::EventPage,
         tokens::TokenView, tokens::TokenList, tokens::NewToken, tokens::CreatedToken,
         tokens::Permissions, tokens::Whoami,
@@ -47,6 +50,7 @@ impl Modify for BearerAuth {
     tags(
         (name = "pools", description = "Pool definitions and sizing"),
         (name = "desktops", description = "Desktops of a pool"),
+        (name = "claims", description = "Handing desktops to users and taking them back"),
         (name = "events", description = "Audit trail"),
         (name = "tokens", description = "API tokens (admin) and the caller's own"),
         (name = "ops", description = "Health, readiness, metrics"),

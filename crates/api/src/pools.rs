@@ -8,13 +8,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use deskpool_domain::{is_slug, EventKind, PoolSpec, PoolState};
+use deskpool_store::claims;
 use deskpool_store::events::{self, NewEvent};
 use deskpool_store::pools::{self, Pinned, Pool};
 use sqlx::PgConnection;
 
 use crate::auth::{Admin, Caller, Helpdesk, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{if_match, ApiJson, ApiPath};
+use crate::extract::{if_match, ApiJson, ApiPath, QueryPairs};
 use crate::model::{ImagePush, PoolList, PoolView, Resize};
 use crate::{AppState, ImageError};
 
@@ -330,7 +331,8 @@ pub(crate) async fn replace(
     Ok(with_etag(StatusCode::OK, v))
 }
 
-/// Sets a pool's target size (helpdesk or admin), within the pool's `min_size..=max_size`.
+/// Sets a pool's target size and/or its number of spares (helpdesk or admin), within the
+/// pool's bounds (`min_size..=max_size` and `0..=max_size`).
 #[utoipa::path(patch, path = "/api/v1/pools/{name}", tag = "pools",
     security(("bearer" = [])),
     params(
@@ -349,7 +351,7 @@ pub(crate) async fn replace(
         (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "Target outside the pool's bounds (field `target_size`)", body = ErrorBody),
+        (status = 422, description = "Target or min_spare outside the pool's bounds (`field` names it)", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
 pub(crate) async fn resize(
@@ -375,17 +377,37 @@ pub(crate) async fn resize(
         .into());
     }
     // Helpdesk and admin alike: bounds are the admin's to change, with PUT.
-    current.spec.check_target(req.target_size)?;
-    let pool = pools::set_target_locked(&mut tx, &name, req.target_size).await?;
+    if req.target_size.is_none() && req.min_spare.is_none() {
+        return Err(ApiError::invalid(
+            "target_size",
+            "send target_size, min_spare or both",
+        ));
+    }
+    if let Some(target) = req.target_size {
+        current.spec.check_target(target)?;
+    }
+    if let Some(spare) = req.min_spare {
+        current.spec.check_min_spare(spare)?;
+    }
+    let mut pool = current.clone();
+    let mut changes = Vec::new();
+    if let Some(target) = req.target_size {
+        pool = pools::set_target_locked(&mut tx, &name, target).await?;
+        changes.push(format!(
+            "target size {} -> {target}",
+            current.spec.target_size
+        ));
+    }
+    if let Some(spare) = req.min_spare {
+        pool = pools::set_min_spare_locked(&mut tx, &name, spare).await?;
+        changes.push(format!("min_spare {} -> {spare}", current.spec.min_spare));
+    }
     record(
         &mut tx,
         &caller.name,
         &name,
         EventKind::PoolResized,
-        &format!(
-            "target size {} -> {}",
-            current.spec.target_size, req.target_size
-        ),
+        &changes.join(", "),
     )
     .await?;
     let v = view(&mut tx, pool).await?;
@@ -455,25 +477,63 @@ pub(crate) async fn resume(
 }
 
 /// Deletes a pool (admin): it goes to `deleting`; the reconciler destroys its desktops and
-/// then removes it. Repeating the call is harmless.
+/// then removes it. Repeating the call is harmless. A pool with claimed desktops is refused
+/// (409 `desktops_claimed`) unless `?force=true`, which ends the claims (evented
+/// `forced_removal` per desktop, with the caller and the user).
 #[utoipa::path(delete, path = "/api/v1/pools/{name}", tag = "pools",
     security(("bearer" = [])),
-    params(("name" = String, Path, description = "Pool name")),
+    params(
+        ("name" = String, Path, description = "Pool name"),
+        ("force" = Option<bool>, Query, description = "Delete even the desktops users hold"),
+    ),
     responses(
         (status = 202, description = "Deletion under way", body = PoolView),
+        (status = 400, description = "Bad query parameter", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 409, description = "`desktops_claimed`: users hold desktops of the pool (use ?force=true)", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller<Admin>,
     ApiPath(name): ApiPath<String>,
+    query: QueryPairs,
 ) -> ApiResult<Response> {
+    let force = crate::desktops::force(&query)?;
+    if !is_slug(&name) {
+        return Err(ApiError::pool_not_found(&name));
+    }
     let mut tx = state.db.begin().await?;
-    let mut pool = find(&mut tx, &name).await?;
+    // Locked for update: claims under way (which hold it in share mode) finish first and are
+    // counted below; later ones see the pool deleting.
+    let mut pool = pools::lock(&mut tx, &name).await?;
     if pool.state != PoolState::Deleting {
+        let claimed = claims::claimed_count(&mut tx, pool.id).await?;
+        if claimed > 0 && !force {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "desktops_claimed",
+                format!(
+                    "pool '{name}' has {claimed} claimed desktop(s): release them first, or delete with ?force=true to take them away"
+                ),
+            ));
+        }
+        for (desktop, user) in claims::drop_all(&mut tx, pool.id).await? {
+            tracing::warn!(pool = %name, %desktop, actor = %caller.name, %user, "claimed desktop removed with the pool (force)");
+            events::record(
+                &mut tx,
+                &NewEvent {
+                    pool: Some(&name),
+                    desktop: Some(&desktop),
+                    actor: &caller.name,
+                    kind: EventKind::ForcedRemoval,
+                    message: &format!("claimed desktop removed with its pool (held by {user})"),
+                },
+            )
+            .await?;
+        }
         pool = pools::mark_deleting(&mut tx, &name).await?;
         record(
             &mut tx,

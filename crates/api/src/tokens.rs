@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use utoipa::ToSchema;
 
-use crate::auth::{Admin, Caller, Helpdesk, MinRole, Viewer};
+use crate::auth::{Admin, Broker, Caller, Helpdesk, MinRole, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiPath};
 use crate::AppState;
@@ -27,7 +27,7 @@ use crate::AppState;
 pub struct TokenView {
     /// Who holds it; recorded as the actor of its API actions.
     pub name: String,
-    /// `admin`, `helpdesk` or `viewer`.
+    /// `admin`, `helpdesk`, `broker` or `viewer`.
     #[schema(value_type = String, example = "helpdesk")]
     pub role: Role,
     /// When it was made.
@@ -63,7 +63,7 @@ pub struct TokenList {
 pub struct NewToken {
     /// Name of the holder, 1-100 printable characters, unique among active tokens.
     pub name: String,
-    /// `admin`, `helpdesk` or `viewer`.
+    /// `admin`, `helpdesk`, `broker` or `viewer`.
     #[schema(value_type = String, example = "helpdesk")]
     pub role: Role,
 }
@@ -80,6 +80,8 @@ pub struct CreatedToken {
 /// What the caller's token may do, derived from the roles the handlers require.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Permissions {
+    /// `POST /api/v1/pools/{name}/claim` and `.../desktops/{desktop}/release`.
+    pub claim_desktops: bool,
     /// `PATCH /api/v1/pools/{name}` (within the pool's bounds).
     pub resize_pools: bool,
     /// `DELETE /api/v1/pools/{name}/desktops/{desktop}`.
@@ -104,6 +106,7 @@ pub struct Whoami {
 
 fn permissions(role: Role) -> Permissions {
     Permissions {
+        claim_desktops: role >= Broker::ROLE,
         resize_pools: role >= Helpdesk::ROLE,
         replace_desktops: role >= Helpdesk::ROLE,
         manage_pools: role >= Admin::ROLE,

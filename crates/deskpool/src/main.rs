@@ -68,6 +68,8 @@ enum TokenCommand {
 enum RoleArg {
     Admin,
     Helpdesk,
+    /// Read, claim and release only (a portal or connection broker).
+    Broker,
     Viewer,
 }
 
@@ -76,6 +78,7 @@ impl From<RoleArg> for deskpool_store::tokens::Role {
         match r {
             RoleArg::Admin => Self::Admin,
             RoleArg::Helpdesk => Self::Helpdesk,
+            RoleArg::Broker => Self::Broker,
             RoleArg::Viewer => Self::Viewer,
         }
     }

@@ -190,6 +190,9 @@ async fn create_pool(db: &PgPool, name: &str, target: u32) {
         stop_on_error: true,
         logoff_policy: deskpool_domain::LogoffPolicy::Wait,
         force_after_secs: 3600,
+        min_spare: 0,
+        claim_lease_secs: 86_400,
+        on_release: deskpool_domain::OnRelease::Delete,
     };
     let mut c = db.acquire().await.unwrap();
     deskpool_store::pools::insert(&mut c, &spec).await.unwrap();

@@ -15,13 +15,15 @@ mod step;
 
 pub use naming::{NamingError, NamingPattern};
 pub use ownership::{judge, SeenVm, Verdict};
-pub use plan::{plan, Plan, PlanDesktop, PlanInput};
+pub use plan::{desired_size, plan, Plan, PlanDesktop, PlanInput};
 pub use rollout::{
     claimable_floor, force_release_due, plan_rollout, plan_with_rollout, rollout_transition,
     RolloutLimits, RolloutSeen, RolloutTransition,
 };
 pub use spec::{
-    is_slug, GuestOs, LogoffPolicy, PoolSpec, SpecError, MAX_FORCE_AFTER_SECS, WINDOWS_NAME_LIMIT,
+    check_lease_secs, is_slug, GuestOs, LogoffPolicy, OnRelease, PoolSpec, SpecError,
+    DEFAULT_CLAIM_LEASE_SECS, MAX_CLAIM_LEASE_SECS, MAX_FORCE_AFTER_SECS, MIN_CLAIM_LEASE_SECS,
+    WINDOWS_NAME_LIMIT,
 };
 pub use state::{DesktopState, EventKind, PoolState, RolloutState, UnknownState};
 pub use step::{next_step, Failure, FaultClass, Lookup, NameHolder, Report, Step, StepDesktop};

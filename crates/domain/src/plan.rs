@@ -27,8 +27,12 @@ pub struct PlanDesktop {
 /// The inputs of one planning pass for one pool.
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {
-    /// Desired number of desktops (0 when the pool is being deleted).
+    /// The spec's target size (0 when the pool is being deleted).
     pub target: u32,
+    /// Ready, unclaimed desktops to keep on top of the claimed ones (0 when deleting).
+    pub min_spare: u32,
+    /// The pool's max size: spares never grow it past this.
+    pub max_size: u32,
     /// New desktops may be made (pool enabled, not in error, not stopped, not deleting).
     pub may_create: bool,
     /// Desktops may be removed (false only while the pool is paused).
@@ -71,10 +75,28 @@ pub(crate) fn removal_rank(d: &PlanDesktop) -> (u8, std::cmp::Reverse<u32>) {
     (rank, std::cmp::Reverse(d.index))
 }
 
-/// Decides which desktops to create and which to delete so the pool moves toward its target
-/// without exceeding any concurrency bound.
+/// The pool's desired size: `min(max_size, max(target, claimed + min_spare))`. A pool with
+/// target 0 and `min_spare` 3 keeps three desktops waiting and grows as they are claimed.
+pub fn desired_size(target: u32, min_spare: u32, max_size: u32, claimed: u32) -> u32 {
+    target.max(claimed.saturating_add(min_spare)).min(max_size)
+}
+
+/// [`desired_size`] for a planning pass: claimed desktops are those that count toward size.
+pub(crate) fn desired(input: &PlanInput<'_>) -> u32 {
+    let claimed = input
+        .desktops
+        .iter()
+        .filter(|d| d.claimed && d.state.counts_toward_size())
+        .count() as u32;
+    desired_size(input.target, input.min_spare, input.max_size, claimed)
+}
+
+/// Decides which desktops to create and which to delete so the pool moves toward its desired
+/// size ([`desired_size`]) without exceeding any concurrency bound. A claimed desktop is never
+/// chosen for removal: a pool below its claimed count shrinks as they are released.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut out = Plan::default();
+    let target = desired(input);
     let counted = input
         .desktops
         .iter()
@@ -87,26 +109,26 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             input
                 .desktops
                 .iter()
-                .filter(|d| d.state == DesktopState::Failed)
+                .filter(|d| d.state == DesktopState::Failed && !d.claimed)
                 .map(|d| d.id),
         );
-        if counted > input.target {
+        if counted > target {
             let mut victims: Vec<&PlanDesktop> = input
                 .desktops
                 .iter()
-                .filter(|d| d.state.counts_toward_size())
+                .filter(|d| d.state.counts_toward_size() && !d.claimed)
                 .collect();
             victims.sort_by_key(|d| removal_rank(d));
             out.delete.extend(
                 victims
                     .into_iter()
-                    .take((counted - input.target) as usize)
+                    .take((counted - target) as usize)
                     .map(|d| d.id),
             );
         }
     }
 
-    if input.may_create && counted < input.target {
+    if input.may_create && counted < target {
         let in_flight = input
             .desktops
             .iter()
@@ -116,7 +138,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .max_concurrent
             .saturating_sub(in_flight)
             .min(input.global_slots);
-        let wanted = (input.target - counted).min(slots);
+        let wanted = (target - counted).min(slots);
         let used: BTreeSet<u32> = input.desktops.iter().map(|d| d.index).collect();
         out.create = (1..=input.max_index)
             .filter(|i| !used.contains(i))
@@ -142,9 +164,16 @@ mod tests {
         }
     }
 
+    fn claimed(mut d: PlanDesktop) -> PlanDesktop {
+        d.claimed = true;
+        d
+    }
+
     fn input(target: u32, desktops: &[PlanDesktop]) -> PlanInput<'_> {
         PlanInput {
             target,
+            min_spare: 0,
+            max_size: 1000,
             may_create: true,
             may_delete: true,
             max_concurrent: 8,
@@ -203,13 +232,68 @@ mod tests {
         assert_eq!(plan(&i).create.len(), 3);
     }
 
+    #[test]
+    fn shrink_to_zero_keeps_claimed_desktops() {
+        let ds = [
+            claimed(view(1, DesktopState::Ready, true)),
+            view(2, DesktopState::Ready, true),
+            claimed(view(3, DesktopState::Ready, true)),
+            view(4, DesktopState::Cloning, false),
+        ];
+        let p = plan(&input(0, &ds));
+        let mut gone: Vec<u32> = p.delete.iter().map(|id| id.as_u128() as u32).collect();
+        gone.sort();
+        assert_eq!(gone, vec![2, 4]);
+    }
+
+    #[test]
+    fn spares_grow_the_pool_as_desktops_are_claimed() {
+        let ds = [
+            claimed(view(1, DesktopState::Ready, true)),
+            claimed(view(2, DesktopState::Ready, true)),
+            view(3, DesktopState::Ready, true),
+        ];
+        let mut i = input(0, &ds);
+        i.min_spare = 3;
+        // desired = max(0, 2 + 3) = 5: two more.
+        assert_eq!(plan(&i).create, vec![4, 5]);
+        i.max_size = 4;
+        assert_eq!(plan(&i).create, vec![4]);
+    }
+
+    #[test]
+    fn desired_size_formula() {
+        assert_eq!(desired_size(0, 3, 10, 0), 3);
+        assert_eq!(desired_size(5, 3, 10, 1), 5);
+        assert_eq!(desired_size(5, 3, 10, 4), 7);
+        assert_eq!(desired_size(5, 3, 6, 4), 6);
+        assert_eq!(desired_size(0, u32::MAX, 10, u32::MAX), 10);
+    }
+
     fn arb_state() -> impl Strategy<Value = DesktopState> {
         prop::sample::select(DesktopState::ALL.to_vec())
     }
 
     fn arb_desktops() -> impl Strategy<Value = Vec<PlanDesktop>> {
-        prop::collection::btree_map(1u32..60, (arb_state(), any::<bool>()), 0..40)
-            .prop_map(|m| m.into_iter().map(|(i, (s, on))| view(i, s, on)).collect())
+        prop::collection::btree_map(1u32..60, (arb_state(), any::<bool>(), any::<bool>()), 0..40)
+            .prop_map(|m| {
+                m.into_iter()
+                    .map(|(i, (s, on, c))| PlanDesktop {
+                        // A claim is only ever made on a ready desktop.
+                        claimed: c && s == DesktopState::Ready,
+                        ..view(i, s, on)
+                    })
+                    .collect()
+            })
+    }
+
+    fn unclaimed(ds: Vec<PlanDesktop>) -> Vec<PlanDesktop> {
+        ds.into_iter()
+            .map(|d| PlanDesktop {
+                claimed: false,
+                ..d
+            })
+            .collect()
     }
 
     proptest! {
@@ -217,6 +301,7 @@ mod tests {
         fn never_exceeds_bounds_and_indexes_stay_unique(
             ds in arb_desktops(), target in 0u32..50, conc in 1u32..10, global in 0u32..20,
         ) {
+            let ds = unclaimed(ds);
             let mut i = input(target, &ds);
             i.max_concurrent = conc;
             i.global_slots = global;
@@ -246,7 +331,7 @@ mod tests {
         #[test]
         fn converges_to_target(ds in arb_desktops(), target in 0u32..50, conc in 1u32..10) {
             // Simulate passes: provisioning finishes, deletions finish, until nothing is left to do.
-            let mut world = ds;
+            let mut world = unclaimed(ds);
             for _ in 0..200 {
                 let p = plan(&PlanInput { max_concurrent: conc, ..input(target, &world) });
                 // Settled only once no work is in flight: a desktop still `deleting` is
@@ -269,6 +354,55 @@ mod tests {
             let ready = world.iter().filter(|d| d.state == DesktopState::Ready).count() as u32;
             prop_assert_eq!(ready, target);
             prop_assert_eq!(world.len() as u32, target);
+        }
+
+        #[test]
+        fn never_removes_a_claimed_desktop(
+            ds in arb_desktops(), target in 0u32..50, spare in 0u32..10, max in 1u32..60,
+            may_delete in any::<bool>(),
+        ) {
+            let mut i = input(target, &ds);
+            i.min_spare = spare;
+            i.max_size = max;
+            i.may_delete = may_delete;
+            let p = plan(&i);
+            for id in &p.delete {
+                let d = ds.iter().find(|d| d.id == *id).unwrap();
+                prop_assert!(!d.claimed, "claimed desktop {} chosen for removal", d.index);
+            }
+        }
+
+        #[test]
+        fn converges_to_the_desired_size_with_claims(
+            ds in arb_desktops(), target in 0u32..30, spare in 0u32..8, max in 1u32..40,
+            conc in 1u32..10,
+        ) {
+            // Claims stay put while the pool settles; the pool ends at the desired size, or
+            // at its claimed count when that is higher (claimed desktops are never removed).
+            let mut world = ds;
+            for _ in 0..200 {
+                let p = plan(&PlanInput { max_concurrent: conc, min_spare: spare, max_size: max, ..input(target, &world) });
+                let settled = world
+                    .iter()
+                    .all(|d| !d.state.is_provisioning() && d.state != DesktopState::Deleting);
+                if p.is_empty() && settled {
+                    break;
+                }
+                world.retain(|d| !p.delete.contains(&d.id) && d.state != DesktopState::Deleting);
+                for d in &mut world {
+                    if d.state.is_provisioning() {
+                        d.state = DesktopState::Ready;
+                        d.powered_on = true;
+                    }
+                }
+                world.extend(p.create.iter().map(|i| view(*i, DesktopState::Pending, false)));
+            }
+            let claimed = world.iter().filter(|d| d.claimed).count() as u32;
+            let want = desired_size(target, spare, max, claimed).max(claimed);
+            prop_assert_eq!(world.len() as u32, want);
+            let spares = world.iter().filter(|d| !d.claimed && d.state == DesktopState::Ready).count() as u32;
+            prop_assert_eq!(spares, want - claimed);
+            prop_assert!(spares >= spare.min(max.saturating_sub(claimed)));
         }
     }
 }

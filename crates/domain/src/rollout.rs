@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::plan::{plan, removal_rank, Plan, PlanDesktop, PlanInput};
+use crate::plan::{desired, plan, removal_rank, Plan, PlanDesktop, PlanInput};
 use crate::{DesktopState, LogoffPolicy, RolloutState};
 
 /// The limits of a running rollout, from the pool spec.
@@ -52,7 +52,7 @@ pub fn plan_with_rollout(input: &PlanInput<'_>, rollout: Option<RolloutLimits>) 
                 .iter()
                 .any(|d| d.outdated && d.state.counts_toward_size()) =>
         {
-            plan_rollout(input, input.target, limits)
+            plan_rollout(input, desired(input), limits)
         }
         _ => plan(input),
     }
@@ -214,6 +214,8 @@ mod tests {
     fn input(desktops: &[PlanDesktop]) -> PlanInput<'_> {
         PlanInput {
             target: 10,
+            min_spare: 0,
+            max_size: 1000,
             may_create: true,
             may_delete: true,
             max_concurrent: 8,

@@ -21,6 +21,35 @@ pub enum GuestOs {
     Other,
 }
 
+/// What happens to a desktop when its user releases it (or the claim's lease expires).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OnRelease {
+    /// Destroy it and clone a fresh one, so the next user never sees the last one's session.
+    #[default]
+    Delete,
+    /// Hand it back as it is: ready and unclaimed.
+    Keep,
+}
+
+impl OnRelease {
+    /// The stable string form, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Keep => "keep",
+        }
+    }
+}
+
+/// Shortest claim lease accepted, in seconds.
+pub const MIN_CLAIM_LEASE_SECS: u32 = 60;
+/// Longest claim lease accepted, in seconds (7 days).
+pub const MAX_CLAIM_LEASE_SECS: u32 = 604_800;
+/// The claim lease a pool gives when its spec names none, in seconds (24 hours).
+pub const DEFAULT_CLAIM_LEASE_SECS: u32 = 86_400;
+
 /// A desktop pool as an admin defines it.
 ///
 /// Inventory paths are relative to the datacenter's folders: `golden_vm` and `folder` below
@@ -92,6 +121,16 @@ pub struct PoolSpec {
     /// claim, if later), after which a claimed outdated desktop is released (default 3600).
     #[serde(default = "default_force_after")]
     pub force_after_secs: u32,
+    /// Desktops kept ready and unclaimed on top of the claimed ones (0..=max_size): the
+    /// pool's desired size is `min(max_size, max(target_size, claimed + min_spare))`.
+    #[serde(default)]
+    pub min_spare: u32,
+    /// A claim's lease when the claimer asks for none, in seconds (60..=604800).
+    #[serde(default = "default_claim_lease")]
+    pub claim_lease_secs: u32,
+    /// What a release (or an expired lease) does to the desktop.
+    #[serde(default)]
+    pub on_release: OnRelease,
 }
 
 /// What an image rollout does with claimed outdated desktops.
@@ -130,6 +169,22 @@ fn default_concurrency() -> u32 {
 }
 fn default_force_after() -> u32 {
     3600
+}
+fn default_claim_lease() -> u32 {
+    DEFAULT_CLAIM_LEASE_SECS
+}
+
+/// Checks a claim lease in seconds against the bounds every lease must keep.
+pub fn check_lease_secs(field: &'static str, secs: u32) -> Result<(), SpecError> {
+    if !(MIN_CLAIM_LEASE_SECS..=MAX_CLAIM_LEASE_SECS).contains(&secs) {
+        return Err(err(
+            field,
+            format!(
+                "{secs} is outside {MIN_CLAIM_LEASE_SECS}..={MAX_CLAIM_LEASE_SECS} seconds (1 minute to 7 days)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A spec field that fails validation, with a message that says how to fix it.
@@ -252,6 +307,8 @@ impl PoolSpec {
                 ),
             ));
         }
+        self.check_min_spare(self.min_spare)?;
+        check_lease_secs("claim_lease_secs", self.claim_lease_secs)?;
         if self.max_concurrent_clones == 0 || self.max_concurrent_clones > MAX_CONCURRENT_CLONES {
             return Err(err(
                 "max_concurrent_clones",
@@ -317,6 +374,20 @@ impl PoolSpec {
         Ok(())
     }
 
+    /// Checks that `min_spare` is within `0..=max_size` (the bound helpdesk may set it in).
+    pub fn check_min_spare(&self, min_spare: u32) -> Result<(), SpecError> {
+        if min_spare > self.max_size {
+            return Err(err(
+                "min_spare",
+                format!(
+                    "{min_spare} is above this pool's max_size {} (an admin can raise max_size)",
+                    self.max_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Full inventory path of the golden VM.
     pub fn golden_vm_path(&self) -> String {
         format!("{}/vm/{}", self.datacenter, self.golden_vm)
@@ -369,6 +440,9 @@ pub(crate) mod tests {
             stop_on_error: true,
             logoff_policy: LogoffPolicy::Wait,
             force_after_secs: 3600,
+            min_spare: 0,
+            claim_lease_secs: DEFAULT_CLAIM_LEASE_SECS,
+            on_release: OnRelease::Delete,
         }
     }
 
@@ -416,6 +490,12 @@ pub(crate) mod tests {
                 "force_after_secs",
                 Box::new(|s| s.force_after_secs = 604_801),
             ),
+            ("min_spare", Box::new(|s| s.min_spare = 51)),
+            ("claim_lease_secs", Box::new(|s| s.claim_lease_secs = 59)),
+            (
+                "claim_lease_secs",
+                Box::new(|s| s.claim_lease_secs = 604_801),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = sample();
@@ -423,6 +503,18 @@ pub(crate) mod tests {
             let e = s.validate().unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn spare_and_lease_bounds_are_inclusive() {
+        let mut s = sample();
+        s.min_spare = s.max_size;
+        s.claim_lease_secs = 60;
+        s.validate().unwrap();
+        s.claim_lease_secs = 604_800;
+        s.validate().unwrap();
+        let e = s.check_min_spare(51).unwrap_err();
+        assert!(e.message.contains("max_size 50"), "{e}");
     }
 
     #[test]
@@ -456,6 +548,14 @@ pub(crate) mod tests {
         assert_eq!(s.snapshot, "current");
         assert!(s.power_on && s.enabled);
         assert_eq!(s.max_concurrent_clones, 8);
+        assert_eq!(s.min_spare, 0);
+        assert_eq!(s.claim_lease_secs, 86_400);
+        assert_eq!(s.on_release, OnRelease::Delete);
+        let keep: PoolSpec = serde_json::from_str(
+            &json.replace("\"max_size\"", "\"on_release\":\"keep\",\"max_size\""),
+        )
+        .unwrap();
+        assert_eq!(keep.on_release, OnRelease::Keep);
         let bad = json.replace("\"max_size\"", "\"bogus\":1,\"max_size\"");
         assert!(serde_json::from_str::<PoolSpec>(&bad).is_err());
     }

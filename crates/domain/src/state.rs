@@ -133,6 +133,14 @@ string_enum!(
         DesktopReady => "desktop_ready",
         /// A desktop was marked for deletion.
         DesktopDeleting => "desktop_deleting",
+        /// A user claimed a desktop (or renewed the lease of the one they hold).
+        Claimed => "claimed",
+        /// A user released a desktop.
+        Released => "released",
+        /// A claim's lease ran out and the desktop was released.
+        ClaimExpired => "claim_expired",
+        /// A claimed desktop (or a pool with claimed desktops) was removed with `force`.
+        ForcedRemoval => "forced_removal",
         /// A desktop's VM was destroyed and its row removed.
         DesktopDestroyed => "desktop_destroyed",
         /// A VM found in vCenter was adopted by its pending row.

@@ -236,6 +236,9 @@ fn spec(name: &str, target: u32, max: u32, concurrency: u32) -> PoolSpec {
         stop_on_error: true,
         logoff_policy: deskpool_domain::LogoffPolicy::Wait,
         force_after_secs: 3600,
+        min_spare: 0,
+        claim_lease_secs: 86_400,
+        on_release: deskpool_domain::OnRelease::Delete,
     }
 }
 

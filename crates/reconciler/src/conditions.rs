@@ -19,9 +19,10 @@ pub(crate) async fn set_condition(
         return Ok(());
     }
     let mut tx = ctx.begin().await?;
-    pools::set_status(
+    let written = pools::set_status(
         &mut tx,
         pool.id,
+        pool.version,
         &Status {
             state,
             last_error: Some(message.clone()),
@@ -29,6 +30,12 @@ pub(crate) async fn set_condition(
         },
     )
     .await?;
+    if !written {
+        // The spec changed since this pass read it: the conclusion is about the old spec, and
+        // the change has already woken the pool for a pass over the new one.
+        tracing::info!(pool = %pool.spec.name, state = %state, "pool changed during the pass; not recording: {message}");
+        return Ok(());
+    }
     let kind = if state == PoolState::Stopped {
         EventKind::ProvisioningStopped
     } else {
@@ -47,7 +54,7 @@ pub(crate) async fn note(ctx: &Ctx, pool: &Pool, message: Option<String>) -> Res
         return Ok(());
     }
     let mut tx = ctx.begin().await?;
-    pools::set_note(&mut tx, pool.id, message.as_deref()).await?;
+    pools::set_note(&mut tx, pool.id, pool.version, message.as_deref()).await?;
     tx.commit().await?;
     Ok(())
 }

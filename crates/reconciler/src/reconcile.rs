@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deskpool_domain::{
-    plan_with_rollout, DesktopState, EventKind, PlanDesktop, PlanInput, PoolState, RolloutLimits,
-    RolloutState,
+    desired_size, plan_with_rollout, DesktopState, EventKind, PlanDesktop, PlanInput, PoolState,
+    RolloutLimits, RolloutState,
 };
 use deskpool_store::desktops::{self, Desktop, NewDesktop};
 use deskpool_store::pools::{self, Pool};
@@ -41,6 +41,24 @@ fn next_look(ctx: &Ctx, pool: &str, wanted: Action) -> Action {
         Action::RequeueAfter(d) if d < backoff => wanted,
         _ => Action::RequeueAfter(backoff),
     }
+}
+
+/// The pool's desired size now ([`desired_size`] of its spec and claimed desktops; 0 when
+/// the pool is being deleted).
+fn desired_for(pool: &Pool, rows: &[Desktop]) -> u32 {
+    if pool.state == PoolState::Deleting {
+        return 0;
+    }
+    let claimed = rows
+        .iter()
+        .filter(|d| d.claimed_by.is_some() && d.state.counts_toward_size())
+        .count() as u32;
+    desired_size(
+        pool.spec.target_size,
+        pool.spec.min_spare,
+        pool.spec.max_size,
+        claimed,
+    )
 }
 
 /// Runs one pass over `pool` and `rows` (its desktops, by index).
@@ -83,13 +101,15 @@ pub(crate) async fn reconcile(
     let mut pool = pool;
     if !deleting {
         rollout::advance(ctx, &mut pool, &rows).await?;
+        rollout::force_releases(ctx, &pool, &mut rows).await?;
     }
     let rolling = !deleting && pool.rollout.state == RolloutState::Rolling;
     let outdated = rollout::outdated(&pool, &rows);
     let counted = rows.iter().filter(|d| d.state.counts_toward_size()).count() as u32;
+    let desired = desired_for(&pool, &rows);
     let active = !deleting && pool.spec.enabled && pool.state == PoolState::Ok;
     let backing_off = ctx.scheduler.backoff_until(&name).is_some();
-    let wants_clones = counted < pool.spec.target_size
+    let wants_clones = counted < desired
         || rows.iter().any(|d| d.state == DesktopState::Pending)
         || (rolling && !outdated.is_empty());
     let mut problem = None;
@@ -137,7 +157,7 @@ pub(crate) async fn reconcile(
             index: d.index,
             state: d.state,
             powered_on: d.powered_on,
-            claimed: false,
+            claimed: d.claimed_by.is_some(),
             outdated: outdated.contains(&d.id),
         })
         .collect();
@@ -149,6 +169,8 @@ pub(crate) async fn reconcile(
     let planned = plan_with_rollout(
         &PlanInput {
             target: if deleting { 0 } else { pool.spec.target_size },
+            min_spare: if deleting { 0 } else { pool.spec.min_spare },
+            max_size: pool.spec.max_size,
             may_create: inventory.is_some(),
             may_delete: deleting || pool.spec.enabled,
             max_concurrent: pool.spec.max_concurrent_clones,
@@ -159,7 +181,7 @@ pub(crate) async fn reconcile(
         rollout_limits,
     );
     let created = planned.create.len() as u32;
-    if inventory.is_some() && counted + created < pool.spec.target_size && created >= global_slots {
+    if inventory.is_some() && counted + created < desired && created >= global_slots {
         // The vCenter-wide bound held this pool back: a freed slot must wake it.
         ctx.scheduler.wait_for_slot(&name, &vc);
     }
@@ -286,10 +308,12 @@ async fn record_plan(
         }
         tracing::info!(pool = %name, count = planned.create.len(), target = pool.spec.target_size, "provisioning new desktops");
     }
+    // A desktop claimed since the pass read its rows is kept: the claim wins.
+    let mut removed = Vec::new();
     if !planned.delete.is_empty() {
-        desktops::mark_deleting(&mut tx, &planned.delete).await?;
+        removed = desktops::mark_deleting_unclaimed(&mut tx, &planned.delete).await?;
         let by_id: HashMap<Uuid, &Desktop> = rows.iter().map(|d| (d.id, d)).collect();
-        for id in &planned.delete {
+        for id in &removed {
             let Some(d) = by_id.get(id) else { continue };
             let why = if pool.state == PoolState::Deleting {
                 "the pool is being deleted".to_owned()
@@ -308,7 +332,7 @@ async fn record_plan(
                     d.snapshot_moref.as_deref().unwrap_or("?")
                 )
             } else {
-                format!("scaling down to {}", pool.spec.target_size)
+                format!("scaling down to {}", desired_for(pool, rows))
             };
             ctx.event(
                 &mut tx,
@@ -321,7 +345,7 @@ async fn record_plan(
         }
     }
     tx.commit().await?;
-    for d in rows.iter_mut().filter(|d| planned.delete.contains(&d.id)) {
+    for d in rows.iter_mut().filter(|d| removed.contains(&d.id)) {
         d.state = DesktopState::Deleting;
     }
     for d in fresh {

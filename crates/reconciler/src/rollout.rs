@@ -7,8 +7,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use deskpool_domain::{
-    rollout_transition, DesktopState, EventKind, RolloutSeen, RolloutState, RolloutTransition,
+    force_release_due, rollout_transition, DesktopState, EventKind, LogoffPolicy, RolloutSeen,
+    RolloutState, RolloutTransition,
 };
+use deskpool_store::claims;
 use deskpool_store::desktops::Desktop;
 use deskpool_store::pools::{self, Pinned, Pool};
 use deskpool_vsphere::MoRef;
@@ -122,6 +124,63 @@ pub(crate) async fn advance(ctx: &Ctx, pool: &mut Pool, rows: &[Desktop]) -> Res
         tx.commit().await?;
         pool.rollout.state = state;
         pool.rollout.last_error = fault.map(str::to_owned);
+    }
+    Ok(())
+}
+
+/// With `logoff_policy: "force"`, releases the claimed outdated desktops of a rolling pool
+/// whose grace is over (the pool's `on_release` applies, as for any release), each with a
+/// `forced_release` event naming the user; `rows` is updated to match.
+pub(crate) async fn force_releases(
+    ctx: &Ctx,
+    pool: &Pool,
+    rows: &mut [Desktop],
+) -> Result<(), Error> {
+    if pool.rollout.state != RolloutState::Rolling || pool.spec.logoff_policy != LogoffPolicy::Force
+    {
+        return Ok(());
+    }
+    let Some(started) = pool.rollout.started_at else {
+        return Ok(());
+    };
+    let now = chrono::Utc::now();
+    for d in rows.iter_mut() {
+        let Some(claimed_at) = d.claimed_at else {
+            continue;
+        };
+        if d.claimed_by.is_none() || !d.state.counts_toward_size() || !is_outdated(pool, d) {
+            continue;
+        }
+        let due = force_release_due(
+            pool.spec.logoff_policy,
+            pool.spec.force_after_secs,
+            (now - started).num_seconds(),
+            (now - claimed_at).num_seconds(),
+        );
+        if !due {
+            continue;
+        }
+        let mut tx = ctx.begin().await?;
+        let Some(released) = claims::release(&mut tx, d.id, pool.spec.on_release).await? else {
+            continue;
+        };
+        let msg = format!(
+            "desktop {} released from {} by force: it is on image {} and the rollout's grace of {} s is over",
+            d.name,
+            released.user,
+            d.snapshot_moref.as_deref().unwrap_or("?"),
+            pool.spec.force_after_secs
+        );
+        ctx.event(
+            &mut tx,
+            &pool.spec.name,
+            Some(&d.name),
+            EventKind::ForcedRelease,
+            &msg,
+        )
+        .await?;
+        tx.commit().await?;
+        *d = released.desktop;
     }
     Ok(())
 }

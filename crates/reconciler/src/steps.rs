@@ -626,6 +626,7 @@ impl Provision<'_> {
             pools::set_note(
                 &mut tx,
                 self.pool.id,
+                self.pool.version,
                 Some(&format!("last clone failure: {fault}")),
             )
             .await?;
@@ -637,10 +638,15 @@ impl Provision<'_> {
                 last_error: Some(msg.clone()),
                 consecutive_failures: failures,
             };
-            pools::set_status(&mut tx, self.pool.id, &status).await?;
-            self.ctx
-                .event(&mut tx, self.pool_name(), None, *kind, msg)
-                .await?;
+            if pools::set_status(&mut tx, self.pool.id, self.pool.version, &status).await? {
+                self.ctx
+                    .event(&mut tx, self.pool_name(), None, *kind, msg)
+                    .await?;
+            } else {
+                // The spec changed since the pass that started this clone: its failure says
+                // nothing about the new spec (the change wakes the pool for a new pass).
+                tracing::info!(pool = %self.pool_name(), "pool changed since the clone started; not recording: {msg}");
+            }
         }
         tx.commit().await?;
         match condition {

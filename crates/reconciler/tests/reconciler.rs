@@ -286,6 +286,62 @@ async fn removed_snapshot_puts_the_pool_in_error(pool_opts: PgPoolOptions, opts:
         .contains(&"pool_error".to_owned()));
 }
 
+/// #12 item 4: a pass that concludes `error` about a spec the admin has fixed in the meantime
+/// must not overwrite the fix (every vCenter call takes over a second here, so the fixing
+/// `PUT` lands while the first pass is still resolving the broken snapshot).
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_fix_saved_during_a_slow_pass_is_not_overwritten_by_its_error(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts(&["warm", "lab"], 50)).await;
+    let sdk: std::net::SocketAddr = sim
+        .sdk_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/sdk")
+        .parse()
+        .unwrap();
+    let vc_link = deskpool_testkit::proxy::Proxy::start(sdk).await;
+    let mut vc = vcenter(&sim);
+    vc.options.url = format!("http://{}/sdk", vc_link.addr).parse().unwrap();
+    vc.options.call_timeout = Duration::from_secs(30);
+    create_pool(&db, &spec("warm", 1, 1)).await;
+    let _r = Replica::start(&opts, vec![vc], config("a"));
+    converged(&db, &sim, "warm", 1).await;
+
+    vc_link.set_latency(Duration::from_millis(600));
+    let mut broken = spec("lab", 2, 2);
+    broken.snapshot = "no-such-snapshot".into();
+    create_pool(&db, &broken).await;
+    // The pass over the broken spec is now resolving it, one slow call after another.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let at_fix = pool(&db, "lab").await;
+    assert_eq!(
+        (at_fix.state, at_fix.last_error.as_deref()),
+        (PoolState::Ok, None),
+        "the first pass finished before the fix: the test did not race it"
+    );
+    {
+        let mut c = db.acquire().await.unwrap();
+        pools::update_spec(&mut c, "lab", &spec("lab", 2, 2), None)
+            .await
+            .unwrap();
+    }
+    // Past the first pass (well over 2 s of calls), vCenter answers quickly again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    vc_link.set_latency(Duration::ZERO);
+    converged(&db, &sim, "lab", 2).await;
+    let p = pool(&db, "lab").await;
+    assert_eq!((p.state, p.last_error), (PoolState::Ok, None));
+    assert!(
+        !event_kinds(&db, "lab")
+            .await
+            .contains(&"pool_error".to_owned()),
+        "an error about the old spec was recorded"
+    );
+}
+
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
 async fn crash_at_random_moments_converges_exactly(
     pool_opts: PgPoolOptions,

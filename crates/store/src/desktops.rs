@@ -38,10 +38,20 @@ pub struct Desktop {
     pub updated_at: DateTime<Utc>,
     /// When the desktop became ready.
     pub ready_at: Option<DateTime<Utc>>,
+    /// Who holds the desktop (a claim), if anyone.
+    pub claimed_by: Option<String>,
+    /// When the claim was made.
+    pub claimed_at: Option<DateTime<Utc>>,
+    /// When the claim ends unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The guest's IPv4 address as vCenter last reported it.
+    pub ip_address: Option<String>,
+    /// The guest's state as vCenter last reported it.
+    pub guest_state: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
-struct DesktopRow {
+pub(crate) struct DesktopRow {
     id: Uuid,
     pool_id: Uuid,
     name: String,
@@ -56,6 +66,11 @@ struct DesktopRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     ready_at: Option<DateTime<Utc>>,
+    claimed_by: Option<String>,
+    claimed_at: Option<DateTime<Utc>>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    ip_address: Option<String>,
+    guest_state: Option<String>,
 }
 
 impl TryFrom<DesktopRow> for Desktop {
@@ -79,11 +94,16 @@ impl TryFrom<DesktopRow> for Desktop {
             created_at: r.created_at,
             updated_at: r.updated_at,
             ready_at: r.ready_at,
+            claimed_by: r.claimed_by,
+            claimed_at: r.claimed_at,
+            lease_expires_at: r.lease_expires_at,
+            ip_address: r.ip_address,
+            guest_state: r.guest_state,
         })
     }
 }
 
-fn convert(rows: Vec<DesktopRow>) -> Result<Vec<Desktop>, StoreError> {
+pub(crate) fn convert(rows: Vec<DesktopRow>) -> Result<Vec<Desktop>, StoreError> {
     rows.into_iter().map(Desktop::try_from).collect()
 }
 
@@ -310,7 +330,24 @@ pub async fn set_progress(
     row.map(Desktop::try_from).transpose()
 }
 
-/// Moves desktops to `deleting`. Returns how many changed.
+/// Moves those of `ids` that no user holds to `deleting` (a claim made since the caller read
+/// the rows wins). Returns the ids moved.
+pub async fn mark_deleting_unclaimed(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, StoreError> {
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "UPDATE desktops SET state = 'deleting', updated_at = now()
+         WHERE id = ANY($1) AND state <> 'deleting' AND claimed_by IS NULL
+         RETURNING id",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Moves desktops to `deleting`, claimed or not. Returns how many changed.
 pub async fn mark_deleting(conn: &mut PgConnection, ids: &[Uuid]) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "UPDATE desktops SET state = 'deleting', updated_at = now()

@@ -1,9 +1,10 @@
-//! deskpool's PostgreSQL store: pools, desktops, events, API tokens, the leader lease and the
+//! deskpool's PostgreSQL store: pools, desktops and their claims, events, API tokens, the leader lease and the
 //! installation's identity.
 //!
 //! Every function takes `&mut PgConnection` so the caller owns the transaction. No function
 //! here talks to vCenter, so no transaction is ever held open across a vCenter call.
 
+pub mod claims;
 pub mod desktops;
 mod error;
 pub mod events;

@@ -1,7 +1,7 @@
 //! Pools: the admin's spec plus the reconciler's status.
 
 use chrono::{DateTime, Utc};
-use deskpool_domain::{GuestOs, LogoffPolicy, PoolSpec, PoolState, RolloutState};
+use deskpool_domain::{GuestOs, LogoffPolicy, OnRelease, PoolSpec, PoolState, RolloutState};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -59,12 +59,21 @@ pub struct PoolCounts {
     pub failed: u32,
     /// Desktops in `deleting`.
     pub deleting: u32,
+    /// Desktops a user holds (whatever their state; normally `ready`).
+    pub claimed: u32,
+    /// Desktops `ready` and unclaimed: what the next claim can get.
+    pub spare: u32,
 }
 
 impl PoolCounts {
-    /// Adds `n` desktops in the state named `state` (as stored).
-    fn add(&mut self, state: &str, n: i64) {
+    /// Adds `n` desktops in the state named `state` (as stored), claimed or not.
+    fn add(&mut self, state: &str, claimed: bool, n: i64) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if claimed {
+            self.claimed = self.claimed.saturating_add(n);
+        } else if state == "ready" {
+            self.spare = self.spare.saturating_add(n);
+        }
         let bucket = match state {
             "ready" => &mut self.ready,
             "failed" => &mut self.failed,
@@ -95,6 +104,9 @@ struct PoolRow {
     power_on: bool,
     max_concurrent_clones: i32,
     enabled: bool,
+    min_spare: i32,
+    claim_lease_secs: i32,
+    on_release: String,
     state: String,
     last_error: Option<String>,
     consecutive_failures: i32,
@@ -124,6 +136,16 @@ impl TryFrom<PoolRow> for Pool {
             other => {
                 return Err(StoreError::Corrupt(format!(
                     "pool {}: guest_os '{other}'",
+                    r.name
+                )))
+            }
+        };
+        let on_release = match r.on_release.as_str() {
+            "delete" => OnRelease::Delete,
+            "keep" => OnRelease::Keep,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "pool {}: on_release '{other}'",
                     r.name
                 )))
             }
@@ -171,6 +193,9 @@ impl TryFrom<PoolRow> for Pool {
                 stop_on_error: r.stop_on_error,
                 logoff_policy,
                 force_after_secs: to_u32(r.force_after_secs),
+                min_spare: to_u32(r.min_spare),
+                claim_lease_secs: to_u32(r.claim_lease_secs),
+                on_release,
             },
             state,
             last_error: r.last_error,
@@ -199,7 +224,7 @@ fn guest_os_str(g: GuestOs) -> &'static str {
 
 type PoolQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, PoolRow, sqlx::postgres::PgArguments>;
 
-/// Binds the spec's fields from `vcenter` to `enabled`, in column order (shared by insert and
+/// Binds the spec's fields from `vcenter` to `on_release`, in column order (shared by insert and
 /// update, whose statements list them in the same order).
 fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
     query
@@ -219,6 +244,9 @@ fn bind_spec<'q>(query: PoolQuery<'q>, spec: &'q PoolSpec) -> PoolQuery<'q> {
         .bind(spec.power_on)
         .bind(to_i32(spec.max_concurrent_clones))
         .bind(spec.enabled)
+        .bind(to_i32(spec.min_spare))
+        .bind(to_i32(spec.claim_lease_secs))
+        .bind(spec.on_release.as_str())
 }
 
 fn not_found(name: &str) -> StoreError {
@@ -234,8 +262,9 @@ pub async fn insert(conn: &mut PgConnection, spec: &PoolSpec) -> Result<Pool, St
     let query = sqlx::query_as(
         "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
              datastore, customization_spec, naming_pattern, guest_os, target_size, min_size, max_size,
-             power_on, max_concurrent_clones, enabled)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+             power_on, max_concurrent_clones, enabled, min_spare, claim_lease_secs, on_release)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+             $19, $20, $21)
          RETURNING *",
     )
     .bind(Uuid::new_v4())
@@ -305,29 +334,33 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Pool>, StoreError> {
 pub async fn counts(
     conn: &mut PgConnection,
 ) -> Result<std::collections::HashMap<Uuid, PoolCounts>, StoreError> {
-    let rows: Vec<(Uuid, String, i64)> =
-        sqlx::query_as("SELECT pool_id, state, count(*) FROM desktops GROUP BY pool_id, state")
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(Uuid, String, bool, i64)> = sqlx::query_as(
+        "SELECT pool_id, state, claimed_by IS NOT NULL, count(*) FROM desktops
+         GROUP BY pool_id, state, 3",
+    )
+    .fetch_all(conn)
+    .await?;
     let mut out = std::collections::HashMap::new();
-    for (pool, state, n) in rows {
+    for (pool, state, claimed, n) in rows {
         out.entry(pool)
             .or_insert_with(PoolCounts::default)
-            .add(&state, n);
+            .add(&state, claimed, n);
     }
     Ok(out)
 }
 
 /// Desktop counts of one pool (an index scan of that pool's desktops only).
 pub async fn counts_for(conn: &mut PgConnection, pool: Uuid) -> Result<PoolCounts, StoreError> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM desktops WHERE pool_id = $1 GROUP BY state")
-            .bind(pool)
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT state, claimed_by IS NOT NULL, count(*) FROM desktops WHERE pool_id = $1
+         GROUP BY state, 2",
+    )
+    .bind(pool)
+    .fetch_all(conn)
+    .await?;
     let mut out = PoolCounts::default();
-    for (state, n) in rows {
-        out.add(&state, n);
+    for (state, claimed, n) in rows {
+        out.add(&state, claimed, n);
     }
     Ok(out)
 }
@@ -387,7 +420,8 @@ pub async fn update_spec(
         "UPDATE pools SET vcenter = $2, datacenter = $3, golden_vm = $4, snapshot = $5, folder = $6,
              resource_pool = $7, datastore = $8, customization_spec = $9, naming_pattern = $10,
              guest_os = $11, target_size = $12, min_size = $13, max_size = $14, power_on = $15,
-             max_concurrent_clones = $16, enabled = $17,
+             max_concurrent_clones = $16, enabled = $17, min_spare = $18, claim_lease_secs = $19,
+             on_release = $20,
              state = CASE WHEN state = 'error' THEN 'ok' ELSE state END,
              last_error = CASE WHEN state = 'error' THEN NULL ELSE last_error END,
              snapshot_moref = CASE WHEN snapshot = $5 AND golden_vm = $4 AND vcenter = $2
@@ -415,6 +449,35 @@ pub async fn set_target(
 /// and returns it; `NotFound` if there is none.
 pub async fn lock(conn: &mut PgConnection, name: &str) -> Result<Pool, StoreError> {
     lock_checked(conn, name, None).await
+}
+
+/// Locks pool `name`'s row in share mode for the rest of the caller's transaction (claims take
+/// it, so a pool deletion, which locks it for update, waits for claims under way and sees
+/// them) and returns it; None if there is none.
+pub async fn lock_shared(conn: &mut PgConnection, name: &str) -> Result<Option<Pool>, StoreError> {
+    let row: Option<PoolRow> = sqlx::query_as("SELECT * FROM pools WHERE name = $1 FOR SHARE")
+        .bind(name)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Pool::try_from).transpose()
+}
+
+/// Sets the number of spare desktops (the database re-checks `min_spare <= max_size`), for a
+/// caller that holds the row lock ([`lock`]).
+pub async fn set_min_spare_locked(
+    conn: &mut PgConnection,
+    name: &str,
+    min_spare: u32,
+) -> Result<Pool, StoreError> {
+    let row: PoolRow = sqlx::query_as(
+        "UPDATE pools SET min_spare = $2, version = version + 1, updated_at = now()
+         WHERE name = $1 RETURNING *",
+    )
+    .bind(name)
+    .bind(to_i32(min_spare))
+    .fetch_one(conn)
+    .await?;
+    row.try_into()
 }
 
 /// [`set_target`] for a caller that already holds the row lock ([`lock`]) and checked the
@@ -493,24 +556,29 @@ pub struct Status {
     pub consecutive_failures: u32,
 }
 
-/// Records the reconciler's status for a pool (no version bump: status is not spec).
+/// Records the reconciler's status for a pool (no version bump: status is not spec), but only
+/// if the pool's spec is still at `read_version`, the version the pass that decided it read:
+/// an admin's fixing `PUT` during a slow pass is never overwritten by that pass's conclusion
+/// about the old spec. Returns whether the status was written.
 pub async fn set_status(
     conn: &mut PgConnection,
     id: Uuid,
+    read_version: i64,
     status: &Status,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE pools SET state = CASE WHEN state = 'deleting' THEN state ELSE $2 END,
-             last_error = $3, consecutive_failures = $4, updated_at = now()
-         WHERE id = $1",
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE pools SET state = CASE WHEN state = 'deleting' THEN state ELSE $3 END,
+             last_error = $4, consecutive_failures = $5, updated_at = now()
+         WHERE id = $1 AND version = $2",
     )
     .bind(id)
+    .bind(read_version)
     .bind(status.state.as_str())
     .bind(&status.last_error)
     .bind(to_i32(status.consecutive_failures))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Records which snapshot moref the pool's `snapshot` resolved to.
@@ -546,17 +614,20 @@ pub async fn record_clone_outcome(
 }
 
 /// Sets the message shown with a pool that is otherwise `ok` (a transient problem such as an
-/// unreachable vCenter), or clears it with None. Leaves pools in any other state untouched.
+/// unreachable vCenter), or clears it with None. Leaves pools in any other state untouched, and
+/// pools whose spec changed since `read_version` (the note was about the old spec).
 pub async fn set_note(
     conn: &mut PgConnection,
     id: Uuid,
+    read_version: i64,
     note: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE pools SET last_error = $2, updated_at = now()
-         WHERE id = $1 AND state = 'ok' AND last_error IS DISTINCT FROM $2",
+        "UPDATE pools SET last_error = $3, updated_at = now()
+         WHERE id = $1 AND version = $2 AND state = 'ok' AND last_error IS DISTINCT FROM $3",
     )
     .bind(id)
+    .bind(read_version)
     .bind(note)
     .execute(conn)
     .await?;

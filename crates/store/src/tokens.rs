@@ -22,7 +22,9 @@ pub const SECRET_PREFIX: &str = "dpt_";
 pub enum Role {
     /// Read only.
     Viewer,
-    /// Read, resize within bounds, replace desktops.
+    /// Read, claim and release desktops (a portal or connection broker).
+    Broker,
+    /// Read, claim and release, resize within bounds, replace desktops.
     Helpdesk,
     /// Everything.
     Admin,
@@ -33,6 +35,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
+            Role::Broker => "broker",
             Role::Helpdesk => "helpdesk",
             Role::Admin => "admin",
         }
@@ -50,10 +53,11 @@ impl FromStr for Role {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "viewer" => Ok(Role::Viewer),
+            "broker" => Ok(Role::Broker),
             "helpdesk" => Ok(Role::Helpdesk),
             "admin" => Ok(Role::Admin),
             other => Err(format!(
-                "unknown role '{other}': use admin, helpdesk or viewer"
+                "unknown role '{other}': use admin, helpdesk, broker or viewer"
             )),
         }
     }

@@ -30,6 +30,9 @@ fn spec(name: &str) -> PoolSpec {
         stop_on_error: true,
         logoff_policy: deskpool_domain::LogoffPolicy::Wait,
         force_after_secs: 3600,
+        min_spare: 0,
+        claim_lease_secs: 86_400,
+        on_release: deskpool_domain::OnRelease::Delete,
     }
 }
 
@@ -101,27 +104,26 @@ async fn upgrade_records_existing_desktops(db: PgPool) {
     for m in &before {
         sqlx::raw_sql(&m.sql).execute(&mut *c).await.unwrap();
     }
-    // The schema of that time: raw SQL, since today's store reads columns added later.
-    let (pool_id,): (Uuid,) = sqlx::query_as(
-        "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder, resource_pool,
-             naming_pattern, target_size, max_size)
-         VALUES (gen_random_uuid(), 'lab', 'vc1', 'DC0', 'golden', 'current', 'lab', 'DC0_C0', 'lab-{n:3}', 2, 10)
-         RETURNING id",
+    // Rows written as the older schema had them: today's store expects today's columns.
+    let pool_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO pools (id, name, vcenter, datacenter, golden_vm, snapshot, folder,
+             resource_pool, naming_pattern, target_size, max_size)
+         VALUES ($1, 'lab', 'vc1', 'DC0', 'golden', 'current', 'lab', 'DC0_C0', 'lab-{n:3}', 1, 10)",
     )
-    .fetch_one(&mut *c)
+    .bind(pool_id)
+    .execute(&mut *c)
     .await
     .unwrap();
     let uuid = Uuid::new_v4();
-    desktops::insert_pending(
-        &mut c,
-        &NewDesktop {
-            pool_id,
-            name: "lab-001",
-            index: 1,
-            instance_uuid: uuid,
-            snapshot_moref: "snapshot-1",
-        },
+    sqlx::query(
+        "INSERT INTO desktops (id, pool_id, name, idx, instance_uuid, state, snapshot_moref)
+         VALUES ($1, $2, 'lab-001', 1, $3, 'pending', 'snapshot-1')",
     )
+    .bind(Uuid::new_v4())
+    .bind(pool_id)
+    .bind(uuid)
+    .execute(&mut *c)
     .await
     .unwrap();
     for m in &rest {

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use deskpool_domain::{DesktopState, EventKind, GuestOs, PoolSpec, PoolState};
+use deskpool_domain::{DesktopState, EventKind, GuestOs, OnRelease, PoolSpec, PoolState};
 use deskpool_store::desktops::{self, NewDesktop, Progress};
 use deskpool_store::pools::{self, Status};
 use deskpool_store::tokens::{self, Role};
-use deskpool_store::{events, lease, StoreError};
+use deskpool_store::{claims, events, lease, StoreError};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -35,6 +35,9 @@ fn spec(name: &str) -> PoolSpec {
         stop_on_error: true,
         logoff_policy: deskpool_domain::LogoffPolicy::Wait,
         force_after_secs: 3600,
+        min_spare: 0,
+        claim_lease_secs: 86_400,
+        on_release: deskpool_domain::OnRelease::Delete,
     }
 }
 
@@ -127,7 +130,9 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         last_error: Some("snapshot gone".into()),
         consecutive_failures: 0,
     };
-    pools::set_status(&mut c, p.id, &err).await.unwrap();
+    assert!(pools::set_status(&mut c, p.id, p.version, &err)
+        .await
+        .unwrap());
     pools::set_snapshot_moref(&mut c, p.id, "snapshot-1")
         .await
         .unwrap();
@@ -166,7 +171,7 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         "same snapshot selector keeps the moref"
     );
     // stopped is cleared by resume only
-    pools::set_note(&mut c, p.id, Some("vCenter unreachable"))
+    pools::set_note(&mut c, p.id, fixed.version, Some("vCenter unreachable"))
         .await
         .unwrap();
     assert_eq!(
@@ -178,7 +183,9 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
             .as_deref(),
         Some("vCenter unreachable")
     );
-    pools::set_note(&mut c, p.id, None).await.unwrap();
+    pools::set_note(&mut c, p.id, fixed.version, None)
+        .await
+        .unwrap();
     assert_eq!(
         pools::get(&mut c, "lab").await.unwrap().unwrap().last_error,
         None
@@ -188,11 +195,13 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         last_error: Some("3 failures".into()),
         consecutive_failures: 3,
     };
-    pools::set_status(&mut c, p.id, &stopped).await.unwrap();
+    assert!(pools::set_status(&mut c, p.id, fixed.version, &stopped)
+        .await
+        .unwrap());
     let paused = pools::set_enabled(&mut c, "lab", false).await.unwrap();
     assert!(!paused.spec.enabled);
     assert_eq!(paused.state, PoolState::Stopped);
-    pools::set_note(&mut c, p.id, Some("ignored while stopped"))
+    pools::set_note(&mut c, p.id, paused.version, Some("ignored while stopped"))
         .await
         .unwrap();
     assert_eq!(
@@ -209,6 +218,39 @@ async fn status_pause_resume_and_spec_change_clear_errors(db: PgPool) {
         (resumed.state, resumed.consecutive_failures),
         (PoolState::Ok, 0)
     );
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_status_decided_on_an_older_spec_is_not_written(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let read = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    // An admin fixes the spec while a pass that read `read` is still resolving it.
+    let fixed = pools::update_spec(&mut c, "lab", &spec("lab"), None)
+        .await
+        .unwrap();
+    assert!(fixed.version > read.version);
+    let err = Status {
+        state: PoolState::Error,
+        last_error: Some("snapshot 'nope' not found".into()),
+        consecutive_failures: 0,
+    };
+    assert!(
+        !pools::set_status(&mut c, read.id, read.version, &err)
+            .await
+            .unwrap(),
+        "a status about an older spec was written"
+    );
+    pools::set_note(&mut c, read.id, read.version, Some("about the old spec"))
+        .await
+        .unwrap();
+    let got = pools::get(&mut c, "lab").await.unwrap().unwrap();
+    assert_eq!((got.state, got.last_error), (PoolState::Ok, None));
+    // The pass that read the current version writes.
+    assert!(pools::set_status(&mut c, read.id, fixed.version, &err)
+        .await
+        .unwrap());
+    let got = pools::get(&mut c, "lab").await.unwrap().unwrap();
+    assert_eq!(got.state, PoolState::Error);
 }
 
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
@@ -237,7 +279,8 @@ async fn deleting_pool_goes_once_empty(db: PgPool) {
         last_error: None,
         consecutive_failures: 0,
     };
-    pools::set_status(&mut c, p.id, &ok).await.unwrap();
+    let version = pools::get(&mut c, "lab").await.unwrap().unwrap().version;
+    pools::set_status(&mut c, p.id, version, &ok).await.unwrap();
     assert_eq!(
         pools::get(&mut c, "lab").await.unwrap().unwrap().state,
         PoolState::Deleting,
@@ -720,4 +763,225 @@ async fn spec_changes_notify_listeners(db: PgPool) {
         .unwrap()
         .unwrap();
     assert_eq!(n.payload(), "other");
+}
+
+/// `n` ready, powered-on desktops in pool `p` (named `<pool>-001`...).
+async fn ready_desktops(c: &mut sqlx::PgConnection, p: &pools::Pool, n: u32) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in 1..=n {
+        let d = desktops::insert_pending(
+            c,
+            &NewDesktop {
+                pool_id: p.id,
+                name: &format!("{}-{i:03}", p.spec.name),
+                index: i,
+                instance_uuid: Uuid::new_v4(),
+                snapshot_moref: "s",
+            },
+        )
+        .await
+        .unwrap();
+        desktops::set_progress(c, d.id, &Progress::powered_on())
+            .await
+            .unwrap();
+        ids.push(d.id);
+    }
+    ids
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn claims_hand_out_distinct_desktops_and_renew_for_the_same_user(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    ready_desktops(&mut c, &p, 2).await;
+    let alice = claims::claim(&mut c, p.id, "alice", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!alice.renewed);
+    assert_eq!(alice.desktop.claimed_by.as_deref(), Some("alice"));
+    let first_lease = alice.desktop.lease_expires_at.unwrap();
+    assert!(first_lease > alice.desktop.claimed_at.unwrap());
+    let again = claims::claim(&mut c, p.id, "alice", 3600)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.renewed);
+    assert_eq!(again.desktop.id, alice.desktop.id, "same desktop back");
+    assert!(
+        again.desktop.lease_expires_at.unwrap() > first_lease,
+        "lease extended"
+    );
+    assert_eq!(again.desktop.claimed_at, alice.desktop.claimed_at);
+    let bob = claims::claim(&mut c, p.id, "bob", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(bob.desktop.id, alice.desktop.id);
+    assert!(claims::claim(&mut c, p.id, "carol", 60)
+        .await
+        .unwrap()
+        .is_none());
+    let counts = pools::counts_for(&mut c, p.id).await.unwrap();
+    assert_eq!((counts.ready, counts.claimed, counts.spare), (2, 2, 0));
+    assert_eq!(claims::claimed_count(&mut c, p.id).await.unwrap(), 2);
+    assert_eq!(
+        claims::claimed_by_pool(&mut c).await.unwrap(),
+        vec![("lab".to_owned(), 2)]
+    );
+    // A provisioning desktop is not claimable.
+    desktops::insert_pending(
+        &mut c,
+        &NewDesktop {
+            pool_id: p.id,
+            name: "lab-003",
+            index: 3,
+            instance_uuid: Uuid::new_v4(),
+            snapshot_moref: "s",
+        },
+    )
+    .await
+    .unwrap();
+    assert!(claims::claim(&mut c, p.id, "carol", 60)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn concurrent_claims_never_share_a_desktop(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    ready_desktops(&mut c, &p, 5).await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let db = db.clone();
+        let pool = p.id;
+        tasks.push(tokio::spawn(async move {
+            let mut c = db.acquire().await.unwrap();
+            claims::claim(&mut c, pool, &format!("user{i}"), 60)
+                .await
+                .unwrap()
+                .map(|cl| cl.desktop.id)
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.extend(t.await.unwrap());
+    }
+    assert_eq!(got.len(), 5);
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 5, "no desktop handed out twice");
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn release_applies_on_release_and_expiry_releases(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let p = pools::insert(&mut c, &spec("lab")).await.unwrap();
+    let ids = ready_desktops(&mut c, &p, 3).await;
+    let a = claims::claim(&mut c, p.id, "alice", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = claims::release(&mut c, a.desktop.id, OnRelease::Keep)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.user, "alice");
+    assert_eq!(kept.desktop.state, DesktopState::Ready);
+    assert_eq!(
+        (
+            kept.desktop.claimed_by,
+            kept.desktop.claimed_at,
+            kept.desktop.lease_expires_at
+        ),
+        (None, None, None)
+    );
+    assert!(
+        claims::release(&mut c, a.desktop.id, OnRelease::Keep)
+            .await
+            .unwrap()
+            .is_none(),
+        "releasing an unclaimed desktop does nothing"
+    );
+    let b = claims::claim(&mut c, p.id, "bob", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    let gone = claims::release(&mut c, b.desktop.id, OnRelease::Delete)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.desktop.state, DesktopState::Deleting);
+    // Expiry: a lease already over (set back by hand) is released with the pool's policy.
+    let carol = claims::claim(&mut c, p.id, "carol", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    let dave = claims::claim(&mut c, p.id, "dave", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(claims::expire(&mut c, p.id).await.unwrap().is_empty());
+    sqlx::query("UPDATE desktops SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(carol.desktop.id)
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    let expired = claims::expire(&mut c, p.id).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].user, "carol");
+    assert_eq!(
+        expired[0].desktop.state,
+        DesktopState::Deleting,
+        "on_release delete"
+    );
+    let still = desktops::get(&mut c, dave.desktop.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.claimed_by.as_deref(), Some("dave"));
+    // Forced removal ends the claim; dropping all ends the rest.
+    let (removed, user) = claims::force_remove(&mut c, dave.desktop.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.as_deref(), Some("dave"));
+    assert_eq!(
+        (removed.state, removed.claimed_by),
+        (DesktopState::Deleting, None)
+    );
+    assert!(ids.contains(&removed.id));
+    let e = claims::claim(&mut c, p.id, "erin", 60).await.unwrap();
+    assert!(
+        e.is_none()
+            || e.as_ref()
+                .is_some_and(|e| e.desktop.state == DesktopState::Ready)
+    );
+    let dropped = claims::drop_all(&mut c, p.id).await.unwrap();
+    assert_eq!(dropped.len(), usize::from(e.is_some()));
+    assert_eq!(claims::claimed_count(&mut c, p.id).await.unwrap(), 0);
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn spare_and_lease_settings_round_trip(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let mut s = spec("lab");
+    s.min_spare = 3;
+    s.claim_lease_secs = 600;
+    s.on_release = OnRelease::Keep;
+    let p = pools::insert(&mut c, &s).await.unwrap();
+    assert_eq!(p.spec, s);
+    let p = pools::set_min_spare_locked(&mut c, "lab", 4).await.unwrap();
+    assert_eq!(p.spec.min_spare, 4);
+    let e = pools::set_min_spare_locked(&mut c, "lab", 11)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Invalid { ref constraint, .. } if constraint == "pools_min_spare_bound"),
+        "{e:?}"
+    );
+    assert!(pools::lock_shared(&mut c, "lab").await.unwrap().is_some());
+    assert!(pools::lock_shared(&mut c, "nope").await.unwrap().is_none());
 }

@@ -2,7 +2,7 @@
 //! deskpool and PostgreSQL or vCenter (the "chaos proxy" of crates.io's tests).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -14,6 +14,8 @@ use tokio::task::AbortHandle;
 #[derive(Debug, Default)]
 struct State {
     open: AtomicBool,
+    /// Delay of every chunk, each way, in microseconds.
+    latency_us: AtomicU64,
     conns: Mutex<Vec<AbortHandle>>,
 }
 
@@ -39,27 +41,30 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy: local addr");
         let state = Arc::new(State::default());
         state.open.store(true, Ordering::SeqCst);
+        state
+            .latency_us
+            .store(latency.as_micros() as u64, Ordering::SeqCst);
         let s = Arc::clone(&state);
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
                 if !s.open.load(Ordering::SeqCst) {
                     drop(client); // refused: the connection closes at once
                     continue;
                 }
+                let state = Arc::clone(&s);
                 let conn = tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
+                    let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
-                    if latency.is_zero() {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        return;
-                    }
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::join!(delayed_copy(cr, sw, latency), delayed_copy(sr, cw, latency));
+                    tokio::join!(
+                        delayed_copy(cr, sw, Arc::clone(&state)),
+                        delayed_copy(sr, cw, state)
+                    );
                 });
                 s.conns
                     .lock()
@@ -89,17 +94,24 @@ impl Proxy {
         }
     }
 
+    /// Changes the delay of every chunk from now on, open connections included.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state
+            .latency_us
+            .store(latency.as_micros() as u64, Ordering::SeqCst);
+    }
+
     /// Accepts connections again.
     pub fn restore(&self) {
         self.state.open.store(true, Ordering::SeqCst);
     }
 }
 
-/// Copies `from` to `to`, holding each chunk back for `latency`.
+/// Copies `from` to `to`, holding each chunk back for the proxy's current latency.
 async fn delayed_copy(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    latency: Duration,
+    state: Arc<State>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -107,7 +119,10 @@ async fn delayed_copy(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        tokio::time::sleep(latency).await;
+        let latency = state.latency_us.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_micros(latency)).await;
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }

@@ -15,6 +15,7 @@ enum Who {
     Nobody,
     BadToken,
     Viewer,
+    Broker,
     Helpdesk,
     Admin,
 }
@@ -124,6 +125,21 @@ fn table() -> Vec<Case> {
             202,
             None,
         ),
+        case(
+            Method::POST,
+            "/api/v1/pools/{name}/claim",
+            Broker,
+            200,
+            Some(json!({"user": "{pool}-user"})),
+        ),
+        // The case's desktop is claimed before each call of this route.
+        case(
+            Method::POST,
+            "/api/v1/pools/{name}/desktops/{desktop}/release",
+            Broker,
+            200,
+            None,
+        ),
         case(Method::GET, "/api/v1/events", Viewer, 200, None),
         case(Method::GET, "/api/v1/whoami", Viewer, 200, None),
         case(Method::GET, "/api/v1/tokens", Admin, 200, None),
@@ -168,6 +184,7 @@ async fn every_endpoint_and_role(db: PgPool) {
             Who::Nobody,
             Who::BadToken,
             Who::Viewer,
+            Who::Broker,
             Who::Helpdesk,
             Who::Admin,
         ] {
@@ -188,6 +205,17 @@ async fn every_endpoint_and_role(db: PgPool) {
             assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
             add_desktop(&ctx.db, &pool, &desktop, 1, DesktopState::Ready).await;
             add_token(&ctx.db, &pool).await;
+            if c.route.ends_with("/release") {
+                let mut conn = ctx.db.acquire().await.unwrap();
+                let p = deskpool_store::pools::get(&mut conn, &pool)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                deskpool_store::claims::claim(&mut conn, p.id, "someone", 600)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
             // Token events belong to no pool: count them among all events.
             let scope = (!c.route.starts_with("/api/v1/tokens")).then_some(pool.as_str());
             let events_before = audit_trail(&ctx.db, scope).await.len();
@@ -201,6 +229,7 @@ async fn every_endpoint_and_role(db: PgPool) {
                 Who::Nobody => req,
                 Who::BadToken => req.token("dpt_not-a-real-token"),
                 Who::Viewer => req.token(&ctx.viewer),
+                Who::Broker => req.token(&ctx.broker),
                 Who::Helpdesk => req.token(&ctx.helpdesk),
                 Who::Admin => req.token(&ctx.admin),
             };
@@ -237,6 +266,7 @@ async fn every_endpoint_and_role(db: PgPool) {
                 // Every write is audited under the caller's token name.
                 let actor = match who {
                     Who::Helpdesk => "hank-helpdesk",
+                    Who::Broker => "bart-broker",
                     _ => "alice-admin",
                 };
                 assert_eq!(events.len(), events_before + 1, "{what}");

@@ -35,6 +35,7 @@ pub struct Ctx {
     pub health: Arc<FixedHealth>,
     pub admin: String,
     pub helpdesk: String,
+    pub broker: String,
     pub viewer: String,
 }
 
@@ -90,6 +91,9 @@ pub async fn ctx(db: PgPool) -> Ctx {
     let (_, helpdesk) = tokens::create(&mut c, "hank-helpdesk", Role::Helpdesk)
         .await
         .unwrap();
+    let (_, broker) = tokens::create(&mut c, "bart-broker", Role::Broker)
+        .await
+        .unwrap();
     let (_, viewer) = tokens::create(&mut c, "vera-viewer", Role::Viewer)
         .await
         .unwrap();
@@ -101,6 +105,7 @@ pub async fn ctx(db: PgPool) -> Ctx {
         health,
         admin,
         helpdesk,
+        broker,
         viewer,
     }
 }

@@ -46,6 +46,11 @@ const KEYS: &[&str] = &[
     "power_on",
     "max_concurrent_clones",
     "enabled",
+    "min_spare",
+    "claim_lease_secs",
+    "on_release",
+    "user",
+    "lease_secs",
     "bogus",
 ];
 
@@ -71,6 +76,7 @@ fn query() -> impl Strategy<Value = String> {
         Just("pool"),
         Just("since"),
         Just("before"),
+        Just("force"),
         Just("x")
     ];
     let value = prop_oneof![
@@ -166,7 +172,7 @@ struct Input {
 }
 
 fn input() -> impl Strategy<Value = Input> {
-    let role = prop_oneof![6 => Just(0usize), 1 => 1usize..4];
+    let role = prop_oneof![6 => Just(0usize), 1 => 1usize..5];
     let if_match = prop_oneof![
         4 => Just(None),
         1 => (0i64..5).prop_map(|v| Some(format!("\"{v}\""))),
@@ -214,6 +220,7 @@ fn random_requests_never_5xx() {
         for (n, role) in [
             ("fz-admin", Role::Admin),
             ("fz-helpdesk", Role::Helpdesk),
+            ("fz-broker", Role::Broker),
             ("fz-viewer", Role::Viewer),
         ] {
             secrets.push(tokens::create(&mut c, n, role).await.unwrap().1);

@@ -4,6 +4,7 @@
 mod common;
 
 mod access;
+mod claims;
 mod floor;
 mod fuzz;
 mod gauges;

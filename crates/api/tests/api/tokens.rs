@@ -29,7 +29,7 @@ async fn admin_creates_a_token_whose_secret_works_once_shown(db: PgPool) {
     assert_eq!(
         me.body,
         json!({"name": "hd-carol", "role": "helpdesk", "may": {
-            "resize_pools": true, "replace_desktops": true, "manage_pools": false, "manage_tokens": false}})
+            "claim_desktops": true, "resize_pools": true, "replace_desktops": true, "manage_pools": false, "manage_tokens": false}})
     );
 
     // The list shows it, and never a secret or its hash.
@@ -128,10 +128,11 @@ async fn bad_requests_name_the_field(db: PgPool) {
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
 async fn whoami_tells_each_role_what_it_may_do(db: PgPool) {
     let ctx = ctx(db).await;
-    for (secret, role, resize, manage) in [
-        (&ctx.viewer, "viewer", false, false),
-        (&ctx.helpdesk, "helpdesk", true, false),
-        (&ctx.admin, "admin", true, true),
+    for (secret, role, claim, resize, manage) in [
+        (&ctx.viewer, "viewer", false, false, false),
+        (&ctx.broker, "broker", true, false, false),
+        (&ctx.helpdesk, "helpdesk", true, true, false),
+        (&ctx.admin, "admin", true, true, true),
     ] {
         let me = call(&ctx.router, Method::GET, "/api/v1/whoami")
             .token(secret)
@@ -139,6 +140,7 @@ async fn whoami_tells_each_role_what_it_may_do(db: PgPool) {
             .await;
         assert_eq!(me.status, StatusCode::OK);
         assert_eq!(me.body["role"], role);
+        assert_eq!(me.body["may"]["claim_desktops"], claim, "{role}");
         assert_eq!(me.body["may"]["resize_pools"], resize, "{role}");
         assert_eq!(me.body["may"]["manage_pools"], manage, "{role}");
         assert_eq!(me.body["may"]["manage_tokens"], manage, "{role}");

@@ -507,7 +507,7 @@
   function tokensView() {
     const f = frame('Tokens');
     const name = h('input', { id: 'new-token-name', type: 'text', maxlength: '100', required: true, autocomplete: 'off' });
-    const role = h('select', { id: 'new-token-role' }, ['viewer', 'helpdesk', 'admin'].map((r) => h('option', { value: r, text: r })));
+    const role = h('select', { id: 'new-token-role' }, ['viewer', 'broker', 'helpdesk', 'admin'].map((r) => h('option', { value: r, text: r })));
     const err = h('p', { id: 'token-error', class: 'error', role: 'alert' });
     const secretBox = h('div', { class: 'secret', hidden: true });
     const form = h('form', { id: 'token-form', method: 'post', novalidate: true },
