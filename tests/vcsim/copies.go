@@ -19,6 +19,7 @@ package main
 //	                  clone_response_delay_ms holds the CloneVM_Task answer back after the task
 //	                  has started (a client killed meanwhile never learns the task);
 //	                  destroy_fault makes Destroy_Task of those VMs fail with that fault.
+//	/faults/clone     chosen CloneVM_Task faults by name glob or snapshot (clonefaults.go).
 
 import (
 	"context"
@@ -133,6 +134,7 @@ func (h *harness) startFailing(vm types.ManagedObjectReference, id string, fault
 func (h *harness) registerSafety(mux *http.ServeMux) {
 	mux.HandleFunc("/vms/copy", h.only(http.MethodPost, h.handleCopyVM))
 	mux.HandleFunc("/faults", h.handleFaults)
+	h.registerCloneFaults(mux)
 }
 
 // findVM finds a VM by moref or by name.

@@ -370,6 +370,7 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 	key := nameKey{req.Folder, req.Name}
 
 	received := time.Now().UnixMicro()
+	chosen := chooseCloneFault(req)
 	h.mu.Lock()
 	cfg := h.cfg
 	st := &h.stats
@@ -456,6 +457,9 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 			h.countInjected()
 			return nil, injected
 		}
+		if chosen != nil && !chosen.leaveVM {
+			return nil, chosen.fault
+		}
 
 		inner := *req
 		inner.Spec.PowerOn = false
@@ -473,6 +477,9 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 			h.countInjected()
 			return nil, injected
 		}
+		if chosen != nil { // leave_vm: the VM stays, the task fails
+			return nil, chosen.fault
+		}
 		if req.Spec.PowerOn {
 			// vCenter powers the clone on inside the clone task: the task ends once the VM
 			// runs, so the power-on latency is part of the clone's.
@@ -487,7 +494,7 @@ func (h *harness) startClone(req *types.CloneVM_Task) *simulator.Task {
 		}
 		return vm, nil
 	})
-	go task.Run()
+	go runTask(task)
 	return task
 }
 

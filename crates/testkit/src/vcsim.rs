@@ -24,7 +24,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
 /// How long `start`/`restart` wait for the simulator to report ready.
@@ -139,6 +139,132 @@ pub struct VmInfo {
     pub snapshots: u32,
     /// Moref of `snapshot.currentSnapshot`, empty if none.
     pub current_snapshot: String,
+}
+
+/// A `CloneVM_Task` fault of the test's choosing (`POST /faults/clone`): the clones it matches
+/// end in error with that fault and its message, as vCenter reports it.
+///
+/// ```no_run
+/// # async fn demo(sim: &deskpool_testkit::vcsim::Vcsim) {
+/// use deskpool_testkit::vcsim::{CloneFault, CloneFaultKind};
+/// // The first clone from snapshot "v2" fails with InvalidDatastore.
+/// sim.add_clone_fault(CloneFault::new(CloneFaultKind::InvalidDatastore).snapshot("v2")).await;
+/// // Every clone named lab-00* fails with a transient SystemError.
+/// sim.add_clone_fault(CloneFault::new(CloneFaultKind::Transient).name("lab-00*").always()).await;
+/// # }
+/// ```
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneFault {
+    /// The fault the task ends with.
+    pub fault: CloneFaultKind,
+    /// A glob on the clone's name (`lab-0*`, `?` and `[..]` as in Go's `path.Match`); empty:
+    /// every name.
+    pub name: String,
+    /// The clone spec's snapshot by name (`v2`) or moref; empty: any snapshot (or none).
+    pub snapshot: String,
+    /// How many matching clones fail: 1 = only the first, 0 = every one.
+    pub times: u64,
+    /// Make the VM before failing the task (a half-finished clone left behind).
+    pub leave_vm: bool,
+    /// The fault's message (the task's `localizedMessage`); empty: one naming the fault.
+    pub message: String,
+}
+
+/// Fault types [`CloneFault`] can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CloneFaultKind {
+    /// `DuplicateName` (without a VM holding the name, unless one exists).
+    DuplicateName,
+    /// `InvalidDatastore`: a wrong setting.
+    InvalidDatastore,
+    /// `VmConfigFault`: a wrong setting.
+    VmConfigFault,
+    /// `CustomizationFault`: a wrong setting.
+    CustomizationFault,
+    /// A fault that goes away by itself: a `SystemError`.
+    Transient,
+    /// `SystemError`.
+    SystemError,
+    /// `HostCommunication`.
+    HostCommunication,
+    /// `InaccessibleDatastore`.
+    InaccessibleDatastore,
+    /// `InsufficientResourcesFault`.
+    InsufficientResources,
+    /// `TaskInProgress`.
+    TaskInProgress,
+    /// `NoPermission` on the folder (`VirtualMachine.Provisioning.Clone`).
+    NoPermission,
+}
+
+impl CloneFault {
+    /// The first clone (of any name, from any snapshot) fails with `fault`.
+    pub fn new(fault: CloneFaultKind) -> Self {
+        Self {
+            fault,
+            name: String::new(),
+            snapshot: String::new(),
+            times: 1,
+            leave_vm: false,
+            message: String::new(),
+        }
+    }
+
+    /// Only clones whose name matches this glob.
+    pub fn name(mut self, glob: &str) -> Self {
+        self.name = glob.to_owned();
+        self
+    }
+
+    /// Only clones from this snapshot (name or moref).
+    pub fn snapshot(mut self, snapshot: &str) -> Self {
+        self.snapshot = snapshot.to_owned();
+        self
+    }
+
+    /// The first `n` matching clones fail (`n` >= 1).
+    pub fn times(mut self, n: u64) -> Self {
+        self.times = n.max(1);
+        self
+    }
+
+    /// Every matching clone fails.
+    pub fn always(mut self) -> Self {
+        self.times = 0;
+        self
+    }
+
+    /// The VM is made before the task fails.
+    pub fn leave_vm(mut self) -> Self {
+        self.leave_vm = true;
+        self
+    }
+
+    /// The fault's message.
+    pub fn message(mut self, message: &str) -> Self {
+        self.message = message.to_owned();
+        self
+    }
+}
+
+/// A [`CloneFault`] as the harness holds it, with how often it fired.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CloneFaultRule {
+    pub id: u64,
+    pub fault: String,
+    pub name: String,
+    pub snapshot: String,
+    pub times: u64,
+    pub leave_vm: bool,
+    pub message: String,
+    /// Clones failed by this rule so far.
+    pub raised: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct CloneFaultRules {
+    rules: Vec<CloneFaultRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -444,6 +570,42 @@ impl Vcsim {
     /// The injected faults and `destroy_faults_raised` (Destroy_Task calls failed so far).
     pub async fn faults(&self) -> serde_json::Value {
         self.get("/faults").await
+    }
+
+    /// Adds a chosen clone fault; rules match in the order added, when a `CloneVM_Task`
+    /// arrives (the first matching rule with tries left fires). Returns the rule's id.
+    pub async fn add_clone_fault(&self, fault: CloneFault) -> u64 {
+        let v = self
+            .post(
+                "/faults/clone",
+                serde_json::to_value(&fault).expect("clone fault JSON"),
+            )
+            .await;
+        v["id"]
+            .as_u64()
+            .expect("vcsim: /faults/clone answer has an id")
+    }
+
+    /// The clone fault rules, with how often each fired.
+    pub async fn clone_faults(&self) -> Vec<CloneFaultRule> {
+        let rules: CloneFaultRules = self.get("/faults/clone").await;
+        rules.rules
+    }
+
+    /// Forgets every clone fault rule.
+    pub async fn clear_clone_faults(&self) {
+        let url = format!("{}/faults/clone", self.control_url);
+        let resp = self
+            .http
+            .delete(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("vcsim DELETE {url}: {e}"));
+        assert!(
+            resp.status().is_success(),
+            "vcsim DELETE {url}: {}",
+            resp.status()
+        );
     }
 
     /// The golden VM as seen by `/vms`.

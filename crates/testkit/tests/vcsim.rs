@@ -488,3 +488,86 @@ async fn injected_destroy_fault_and_clone_answer_delay() {
         .contains("<state>success</state>"));
     assert!(sim.vms(Some("pool-a")).await.is_empty());
 }
+
+#[tokio::test]
+async fn chosen_clone_faults_by_snapshot_and_name_once_or_always() {
+    use deskpool_testkit::vcsim::{CloneFault, CloneFaultKind};
+    let sim = Vcsim::start(VcsimOptions {
+        snapshots: vec!["base".into(), "base/v2".into()],
+        ..Default::default()
+    })
+    .await;
+    let folder = sim.create_folder("pool-a").await;
+    let v2 = sim.golden().await.current_snapshot;
+    let soap = Soap::new(&sim);
+    soap.login(&sim.username, &sim.password).await;
+    let mut n = 0;
+    let mut clone = async |name: &str| {
+        n += 1;
+        let task = soap
+            .linked_clone(
+                &sim.golden_moref,
+                &folder,
+                &v2,
+                name,
+                &format!("5b1a9c1e-0000-4000-8000-{n:012}"),
+            )
+            .await;
+        soap.wait_task(&task).await
+    };
+
+    // A rule for another snapshot never fires; the first clone from v2 fails once.
+    sim.add_clone_fault(CloneFault::new(CloneFaultKind::VmConfigFault).snapshot("base"))
+        .await;
+    sim.add_clone_fault(
+        CloneFault::new(CloneFaultKind::InvalidDatastore)
+            .snapshot("v2")
+            .message("Datastore LocalDS_0 is not valid for this VM"),
+    )
+    .await;
+    let info = clone("desk-001").await;
+    assert!(info.contains("<state>error</state>"), "{info}");
+    assert!(info.contains(r#":type="InvalidDatastore""#), "{info}");
+    assert!(
+        info.contains(
+            "<localizedMessage>Datastore LocalDS_0 is not valid for this VM</localizedMessage>"
+        ),
+        "{info}"
+    );
+    assert!(clone("desk-002").await.contains("<state>success</state>"));
+
+    // By name, always; others succeed.
+    sim.add_clone_fault(
+        CloneFault::new(CloneFaultKind::CustomizationFault)
+            .name("bad-*")
+            .always(),
+    )
+    .await;
+    for name in ["bad-1", "bad-2"] {
+        let info = clone(name).await;
+        assert!(info.contains(r#":type="CustomizationFault""#), "{info}");
+    }
+    assert!(clone("good-1").await.contains("<state>success</state>"));
+
+    // leave_vm: the task fails and the VM stays.
+    sim.add_clone_fault(
+        CloneFault::new(CloneFaultKind::Transient)
+            .name("half-1")
+            .leave_vm(),
+    )
+    .await;
+    let info = clone("half-1").await;
+    assert!(info.contains(r#":type="SystemError""#), "{info}");
+
+    let names: Vec<String> = sim
+        .vms(Some("pool-a"))
+        .await
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["desk-002", "good-1", "half-1"]);
+    let raised: Vec<u64> = sim.clone_faults().await.iter().map(|r| r.raised).collect();
+    assert_eq!(raised, [0, 1, 2, 1]);
+    sim.clear_clone_faults().await;
+    assert!(sim.clone_faults().await.is_empty());
+}
