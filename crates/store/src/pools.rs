@@ -736,14 +736,18 @@ pub async fn set_rollout_outcome(
     Ok(done.rows_affected() == 1)
 }
 
-/// Continues the stopped rollout of pool `name` (`stopped` -> `rolling`, fault cleared).
+/// Continues the stopped rollout of pool `name` (`stopped` -> `rolling`, fault cleared); like
+/// a pool resume it also clears the pool's `error` or `stopped` the failed clone caused.
 /// Returns None when its rollout is not stopped.
 pub async fn resume_rollout(
     conn: &mut PgConnection,
     name: &str,
 ) -> Result<Option<Pool>, StoreError> {
     let row: Option<PoolRow> = sqlx::query_as(
-        "UPDATE pools SET rollout_state = 'rolling', rollout_last_error = NULL, updated_at = now()
+        "UPDATE pools SET rollout_state = 'rolling', rollout_last_error = NULL,
+             state = CASE WHEN state IN ('error', 'stopped') THEN 'ok' ELSE state END,
+             last_error = CASE WHEN state IN ('error', 'stopped') THEN NULL ELSE last_error END,
+             consecutive_failures = 0, version = version + 1, updated_at = now()
          WHERE name = $1 AND rollout_state = 'stopped' RETURNING *",
     )
     .bind(name)
