@@ -503,3 +503,61 @@ async fn force_releases_a_claimed_outdated_desktop_after_the_grace(
     assert_eq!(forced.len(), 1, "{forced:?}");
     assert!(forced[0].contains("carol"), "{forced:?}");
 }
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn check_flags_a_pool_spanning_more_than_two_images(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts()).await;
+    let dir = tempfile::tempdir().unwrap();
+    define(&db, &spec(0)).await;
+    // Writes the config; the daemon itself is not needed.
+    let (mut serve, _api) = start(&db, &opts, &sim, dir.path()).await;
+    serve.child.start_kill().unwrap();
+    serve.child.wait().await.unwrap();
+    let check = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_deskpool"))
+            .arg("--config")
+            .arg(&serve.config)
+            .arg("check")
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let add = |n: u32, moref: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO desktops (id, pool_id, name, idx, instance_uuid, state, snapshot_moref)
+                 SELECT gen_random_uuid(), id, 'lab-' || $1, $1, gen_random_uuid(), 'ready', $2
+                 FROM pools WHERE name = 'lab'",
+            )
+            .bind(n as i32)
+            .bind(moref)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    };
+    add(1, "snapshot-a").await;
+    add(2, "snapshot-b").await;
+    let (code, text) = check().await;
+    assert!(
+        text.contains("ok   images: no pool's desktops span more than two images"),
+        "{text}"
+    );
+    assert_eq!(code, Some(0), "{text}");
+    add(3, "snapshot-c").await;
+    let (code, text) = check().await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("FAIL pool 'lab': its desktops span 3 images"),
+        "{text}"
+    );
+}

@@ -129,9 +129,20 @@ pub fn plan_rollout(input: &PlanInput<'_>, desired: u32, limits: RolloutLimits) 
             .max_concurrent
             .saturating_sub(in_flight)
             .min(input.global_slots);
+        // Desktops removed by this plan no longer count: their replacements start at once.
+        let removed = out
+            .delete
+            .iter()
+            .filter(|id| counted.iter().any(|d| d.id == **id))
+            .count() as u32;
+        let removed_current = out
+            .delete
+            .iter()
+            .filter(|id| counted.iter().any(|d| d.id == **id && !d.outdated))
+            .count() as u32;
         let wanted = wanted_current
-            .saturating_sub(current)
-            .min(ceiling.saturating_sub(total))
+            .saturating_sub(current - removed_current)
+            .min(ceiling.saturating_sub(total - removed))
             .min(slots);
         let used: BTreeSet<u32> = input.desktops.iter().map(|d| d.index).collect();
         out.create = (1..=input.max_index)
@@ -284,8 +295,9 @@ mod tests {
             .map(|i| desk(i, DesktopState::Ready, false, true))
             .collect();
         let p = roll(4, 1, 1, 8, &ds);
-        assert_eq!(p.create, vec![5]);
+        // One old one goes now; its replacement and the surge of one start at once.
         assert_eq!(p.delete.len(), 1);
+        assert_eq!(p.create, vec![5, 6]);
     }
 
     #[test]
@@ -367,9 +379,9 @@ mod tests {
             let claimable_after = count(&after, claimable);
             let claimable_before = count(&ds, claimable);
             prop_assert!(claimable_after >= floor.min(claimable_before), "claimable {claimable_after} below floor {floor}");
-            let counted = count(&ds, |d| d.state.counts_toward_size());
+            let counted = count(&after, |d| d.state.counts_toward_size());
             if !p.create.is_empty() {
-                prop_assert!(counted + p.create.len() as u32 <= target + surge);
+                prop_assert!(counted + p.create.len() as u32 <= target.max(count(&ds, |d| d.claimed)) + surge);
                 let in_flight = count(&ds, |d| d.state.occupies_clone_slot());
                 prop_assert!(in_flight + p.create.len() as u32 <= conc);
             }
