@@ -164,11 +164,16 @@ pub(crate) async fn claim(
         },
     )
     .await?;
-    // The pool's desired size grows with its claims (min_spare): wake the reconciler.
-    if pool.spec.min_spare > 0 && !got.renewed {
+    let counts = pools::counts_for(&mut tx, pool.id).await?;
+    // Wake the reconciler only when the claim changes what it must do: grow the pool (its
+    // desired size rises with claims past target_size - min_spare) or re-arm the pool's
+    // lease timer (this lease ends first). A notification serializes commits in PostgreSQL,
+    // so one per claim would cap the claim rate.
+    let grows =
+        !got.renewed && counts.claimed.saturating_add(pool.spec.min_spare) > pool.spec.target_size;
+    if grows || got.earliest_lease {
         deskpool_store::notify_pool(&mut tx, &name).await?;
     }
-    let counts = pools::counts_for(&mut tx, pool.id).await?;
     tx.commit().await?;
     count(&name, if got.renewed { "renewed" } else { "claimed" });
     Ok(Json(ClaimAnswer {

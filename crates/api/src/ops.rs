@@ -81,10 +81,11 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
         let mut conn = state.db.acquire().await?;
         let all = pools::list(&mut conn).await?;
         let counts = desktops::counts_by_state(&mut conn).await?;
+        let by_pool = pools::counts(&mut conn).await?;
         let images = pools::image_counts_all(&mut conn).await?;
-        Ok::<_, deskpool_store::StoreError>((all, counts, images))
+        Ok::<_, deskpool_store::StoreError>((all, counts, by_pool, images))
     };
-    let (all, counts, images) = match tokio::time::timeout(DB_DEADLINE, read).await {
+    let (all, counts, by_pool, images) = match tokio::time::timeout(DB_DEADLINE, read).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("timed out".to_owned()),
@@ -105,6 +106,26 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
                 escape(&p.spec.name)
             );
         }
+    }
+    out.push_str("# HELP deskpool_desktops_claimed Desktops held by users, by pool.\n# TYPE deskpool_desktops_claimed gauge\n");
+    for p in &all {
+        let c = by_pool.get(&p.id).copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "deskpool_desktops_claimed{{pool=\"{}\"}} {}",
+            escape(&p.spec.name),
+            c.claimed
+        );
+    }
+    out.push_str("# HELP deskpool_desktops_spare Ready desktops nobody holds, by pool.\n# TYPE deskpool_desktops_spare gauge\n");
+    for p in &all {
+        let c = by_pool.get(&p.id).copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "deskpool_desktops_spare{{pool=\"{}\"}} {}",
+            escape(&p.spec.name),
+            c.spare
+        );
     }
     out.push_str("# HELP deskpool_pool_target Target size of each pool.\n# TYPE deskpool_pool_target gauge\n");
     for p in &all {

@@ -548,3 +548,84 @@ async fn a_real_fill_emits_the_reconcilers_metrics(
         "{text}"
     );
 }
+
+/// A claimed desktop survives a shrink to 0 and a `kill -9` of the daemon in the middle of
+/// it; the same user gets it back after the restart; releasing it lets the pool shrink.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn a_claimed_desktop_survives_a_shrink_and_kill_9(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let db = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let sim = Vcsim::start(sim_opts("lab")).await;
+    let dir = tempfile::tempdir().unwrap();
+    create_pool(&db, "lab", 3).await;
+    let broker = {
+        let mut c = db.acquire().await.unwrap();
+        deskpool_store::tokens::create(&mut c, "portal", deskpool_store::tokens::Role::Broker)
+            .await
+            .unwrap()
+            .1
+    };
+    let d = Daemon::start(dir.path(), &db_url(&opts), &sim.sdk_url, &sim.password).await;
+    converged(&db, &sim, "lab", 3).await;
+    let http = reqwest::Client::new();
+    let claim = |url: String| {
+        let http = http.clone();
+        let broker = broker.clone();
+        async move {
+            let r = http
+                .post(format!("{url}/api/v1/pools/lab/claim"))
+                .bearer_auth(&broker)
+                .json(&serde_json::json!({"user": "alice", "lease_secs": 3600}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let first = claim(d.url.clone()).await;
+    let name = first["desktop"]["name"].as_str().unwrap().to_owned();
+    let uuid = first["desktop"]["instance_uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    set_target(&db, "lab", 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.kill9().await;
+    let d = Daemon::start(dir.path(), &db_url(&opts), &sim.sdk_url, &sim.password).await;
+    eventually("only the claimed desktop left", || async {
+        let vms = sim.vms(Some("lab")).await;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM desktops")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        (rows == 1 && vms.len() == 1).then_some(())
+    })
+    .await;
+    let vms = sim.vms(Some("lab")).await;
+    assert_eq!(
+        (vms[0].name.as_str(), vms[0].instance_uuid.as_str()),
+        (name.as_str(), uuid.as_str())
+    );
+    assert_eq!(vms[0].power_state, "poweredOn");
+    let again = claim(d.url.clone()).await;
+    assert_eq!(again["renewed"], true);
+    assert_eq!(again["desktop"]["name"], name.as_str());
+    assert_eq!(again["pool_status"]["over_target"], 1);
+    let released = http
+        .post(format!(
+            "{}/api/v1/pools/lab/desktops/{name}/release",
+            d.url
+        ))
+        .bearer_auth(&broker)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status().as_u16(), 200);
+    eventually("the released desktop is destroyed", || async {
+        sim.vms(Some("lab")).await.is_empty().then_some(())
+    })
+    .await;
+}

@@ -1006,11 +1006,13 @@ async fn rollout_case(surge: u32) {
     let mut s = spec(pool, n, n, c);
     s.snapshot = "base".into();
     s.max_surge = Some(surge);
+    let filling = Instant::now();
     scratch.add_pool(&s).await;
-    if !scratch
-        .wait_ready(i64::from(n), Duration::from_millis(20), None)
-        .await
-    {
+    let filled = scratch
+        .wait_ready(i64::from(n), Duration::from_millis(10), None)
+        .await;
+    let fill_time = filling.elapsed();
+    if !filled {
         println!("  the pool did not fill: no rollout figure");
         r.stop().await;
         scratch.drop().await;
@@ -1032,6 +1034,7 @@ async fn rollout_case(surge: u32) {
         tx.commit().await.unwrap();
     }
     let mut lowest_ready = i64::MAX;
+    let mut all_new_ready = None;
     let done = loop {
         let (ready, on_b, total): (i64, i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state = 'ready'),
@@ -1044,6 +1047,9 @@ async fn rollout_case(surge: u32) {
         .await
         .unwrap();
         lowest_ready = lowest_ready.min(ready);
+        if on_b >= i64::from(n) && all_new_ready.is_none() {
+            all_new_ready = Some(t0.elapsed());
+        }
         if on_b == i64::from(n) && total == i64::from(n) {
             break true;
         }
@@ -1067,6 +1073,14 @@ async fn rollout_case(surge: u32) {
             secs(ideal),
             secs(elapsed) / secs(ideal)
         );
+        if let Some(t) = all_new_ready {
+            println!(
+                "  {n} ready on the new image after {:.2} s (the rest is destroying the last old ones); the same pool's fill, same machine, just before: {:.2} s (rollout / fill {:.2})",
+                secs(t),
+                secs(fill_time),
+                secs(elapsed) / secs(fill_time)
+            );
+        }
     }
 }
 

@@ -17,6 +17,7 @@ mod controller;
 mod error;
 mod inventory;
 mod leader;
+mod leases;
 mod policy;
 mod reconcile;
 mod rollout;

@@ -21,6 +21,7 @@ use crate::compare;
 use crate::conditions::{note, set_condition};
 use crate::context::{Ctx, WorkerKind};
 use crate::inventory::{self, Inventory, ResolveError};
+use crate::leases;
 use crate::policy::error_policy;
 use crate::rollout;
 use crate::scheduler::{Action, Inputs};
@@ -61,8 +62,23 @@ fn desired_for(pool: &Pool, rows: &[Desktop]) -> u32 {
     )
 }
 
-/// Runs one pass over `pool` and `rows` (its desktops, by index).
+/// Runs one pass over `pool` and `rows` (its desktops, by index): first ends the claims whose
+/// lease ran out (a database matter, done whatever vCenter's state), then the pass proper; the
+/// pool is looked at again by the time the earliest remaining lease runs out.
 pub(crate) async fn reconcile(
+    pool: Pool,
+    mut rows: Vec<Desktop>,
+    inputs: Inputs,
+    ctx: &Arc<Ctx>,
+) -> Result<Action, Error> {
+    leases::expire_due(ctx, &pool, &mut rows).await?;
+    let next_lease_end = leases::earliest(&rows);
+    let action = pass(pool, rows, inputs, ctx).await?;
+    Ok(leases::with_lease_timer(action, next_lease_end))
+}
+
+/// The pass proper over `pool` and `rows`.
+async fn pass(
     pool: Pool,
     mut rows: Vec<Desktop>,
     inputs: Inputs,

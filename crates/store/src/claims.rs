@@ -19,6 +19,9 @@ pub struct Claim {
     pub desktop: Desktop,
     /// True when the user already held it and only the lease was extended.
     pub renewed: bool,
+    /// True when this lease now ends before every other claim's in the pool (as of the
+    /// statement's snapshot): the reconciler's lease timer for the pool must be re-armed.
+    pub earliest_lease: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -26,6 +29,7 @@ struct ClaimRow {
     #[sqlx(flatten)]
     row: DesktopRow,
     renewed: bool,
+    earliest_lease: bool,
 }
 
 /// Hands one ready, unclaimed desktop of pool `pool_id` to `user` for `lease_secs` seconds,
@@ -62,10 +66,15 @@ pub async fn claim(
                FROM candidate c
               WHERE d.id = c.id
              RETURNING d.*
+         ), others AS (
+             SELECT min(lease_expires_at) AS ends FROM desktops
+              WHERE pool_id = $1 AND claimed_by IS NOT NULL AND claimed_by <> $2
          )
-         SELECT *, true AS renewed FROM held
+         SELECT h.*, true AS renewed, (o.ends IS NULL OR h.lease_expires_at < o.ends) AS earliest_lease
+           FROM held h, others o
          UNION ALL
-         SELECT *, false AS renewed FROM taken",
+         SELECT t.*, false AS renewed, (o.ends IS NULL OR t.lease_expires_at < o.ends) AS earliest_lease
+           FROM taken t, others o",
     )
     .bind(pool_id)
     .bind(user)
@@ -77,6 +86,7 @@ pub async fn claim(
         Some(r) => Ok(Some(Claim {
             desktop: r.row.try_into()?,
             renewed: r.renewed,
+            earliest_lease: r.earliest_lease,
         })),
         None => Ok(None),
     }

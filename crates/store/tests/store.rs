@@ -799,6 +799,7 @@ async fn claims_hand_out_distinct_desktops_and_renew_for_the_same_user(db: PgPoo
         .unwrap()
         .unwrap();
     assert!(!alice.renewed);
+    assert!(alice.earliest_lease, "the pool's only claim");
     assert_eq!(alice.desktop.claimed_by.as_deref(), Some("alice"));
     let first_lease = alice.desktop.lease_expires_at.unwrap();
     assert!(first_lease > alice.desktop.claimed_at.unwrap());

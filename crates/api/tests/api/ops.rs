@@ -129,6 +129,12 @@ async fn metrics_show_pools_and_requests(db: PgPool) {
         .token(&ctx.viewer)
         .send()
         .await;
+    let claimed = call(&ctx.router, Method::POST, "/api/v1/pools/mlab/claim")
+        .token(&ctx.broker)
+        .json(&serde_json::json!({"user": "alice"}))
+        .send()
+        .await;
+    assert_eq!(claimed.status, StatusCode::OK, "{}", claimed.text);
     // The reconciler's own metrics (clone duration, failures, passes) are checked against a
     // real fill in crates/deskpool/tests/daemon.rs (a_real_fill_emits_the_reconcilers_metrics).
 
@@ -143,6 +149,9 @@ async fn metrics_show_pools_and_requests(db: PgPool) {
         "deskpool_desktops{pool=\"mlab\",state=\"ready\"} 2",
         "deskpool_desktops{pool=\"mlab\",state=\"failed\"} 0",
         "deskpool_pool_target{pool=\"mlab\"} 2",
+        "deskpool_desktops_claimed{pool=\"mlab\"} 1",
+        "deskpool_desktops_spare{pool=\"mlab\"} 1",
+        "deskpool_claims_total{pool=\"mlab\",result=\"claimed\"} 1",
         "deskpool_metrics_database_up 1",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
