@@ -2,8 +2,9 @@
 # THE test command: what CI runs (.ci/run) and what to run before pushing.
 #   1. makes sure PostgreSQL runs locally (scripts/ensure-postgres.sh),
 #   2. builds the vCenter simulator (tests/vcsim/build.sh) and exports DESKPOOL_VCSIM_BIN,
-#   3. makes sure Chromium + Playwright (scripts/ensure-chromium.sh, for the browser test) and
-#      promtool (scripts/ensure-promtool.sh, for the alert rules' test) are installed,
+#   3. makes sure Chromium + Playwright (scripts/ensure-chromium.sh, for the browser test),
+#      promtool (scripts/ensure-promtool.sh, for the alert rules' test) and schemathesis
+#      (scripts/ensure-schemathesis.sh, for the API schema test) are installed,
 #   4. cargo fmt --check, clippy -D warnings, then every test (nextest when installed, plus
 #      doc tests, which nextest does not run).
 # Env: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres), CARGO_TARGET_DIR.
@@ -22,9 +23,10 @@ DESKPOOL_VCSIM_BIN="$(bash tests/vcsim/build.sh)"
 export DESKPOOL_VCSIM_BIN
 echo "$DESKPOOL_VCSIM_BIN"
 
-step "Chromium and Playwright (browser test), promtool (alert rules)"
+step "Chromium and Playwright (browser test), promtool (alert rules), schemathesis (API schema)"
 scripts/ensure-chromium.sh
 scripts/ensure-promtool.sh
+scripts/ensure-schemathesis.sh
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check

@@ -21,7 +21,7 @@ const MAX_PAGE: u32 = 1000;
 
 /// Whether `name` could be a stored desktop name (no VM name has control characters).
 fn plausible(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)
+    !name.is_empty() && name.chars().count() <= 255 && !name.chars().any(char::is_control)
 }
 
 pub(crate) async fn find_pool(conn: &mut PgConnection, name: &str) -> ApiResult<Pool> {
@@ -58,8 +58,8 @@ pub(crate) async fn find(
     params(
         ("name" = String, Path, description = "Pool name"),
         ("state" = Option<crate::model::DesktopStateView>, Query, description = "Only desktops in this state"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 100)"),
-        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1-1000 (default 100)"),
+        ("after" = Option<String>, Query, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$", max_length = 255, description = "The `next` cursor of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of desktops", body = DesktopPage),

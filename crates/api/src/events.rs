@@ -19,10 +19,10 @@ const MAX_PAGE: u32 = 1000;
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
     security(("bearer" = [])),
     params(
-        ("pool" = Option<String>, Query, description = "Only this pool's events"),
-        ("since" = Option<String>, Query, description = "Only events at or after this RFC 3339 time"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 100)"),
-        ("before" = Option<i64>, Query, description = "The `next` cursor of the previous page"),
+        ("pool" = Option<String>, Query, pattern = "^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$", description = "Only this pool's events"),
+        ("since" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "Only events at or after this RFC 3339 time"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1-1000 (default 100)"),
+        ("before" = Option<i64>, Query, minimum = 1, description = "The `next` cursor of the previous page"),
     ),
     responses(
         (status = 200, description = "A page of events", body = EventPage),

@@ -224,7 +224,7 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_header",
-            "If-Match must be an ETag from GET, like \"3\", or *",
+            "If-Match must be an ETag from GET, like \"3\" (or its number, 3), or *",
         )
         .with_field("If-Match")
     };
@@ -233,8 +233,13 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         return Ok(None);
     }
     let v = v.strip_prefix("W/").unwrap_or(v);
-    v.strip_prefix('"')
+    // A quoted ETag as GET sent it, or (leniently) its bare version number.
+    let v = v
+        .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v);
+    Some(v)
+        .filter(|v| (1..=18).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<i64>().ok())
         .map(Some)
         .ok_or_else(bad)
@@ -297,7 +302,10 @@ mod tests {
         assert_eq!(h("\"3\"").unwrap(), Some(3));
         assert_eq!(h("W/\"3\"").unwrap(), Some(3));
         assert_eq!(h("*").unwrap(), None);
-        assert_eq!(h("3").unwrap_err().status.as_u16(), 400);
+        assert_eq!(h("3").unwrap(), Some(3));
+        assert_eq!(h("\"3").unwrap_err().status.as_u16(), 400);
+        assert_eq!(h("\"+3\"").unwrap_err().status.as_u16(), 400);
+        assert_eq!(h("\"-3\"").unwrap_err().status.as_u16(), 400);
         assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
     }
 }

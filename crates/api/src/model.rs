@@ -251,10 +251,12 @@ pub struct PoolList {
 #[serde(deny_unknown_fields)]
 pub struct Resize {
     /// New target size, within the pool's `min_size..=max_size`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "deskpool_domain::integral::option_u32")]
+    #[schema(maximum = 10000)]
     pub target_size: Option<u32>,
     /// New number of ready, unclaimed desktops to keep, within `0..=max_size`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "deskpool_domain::integral::option_u32")]
+    #[schema(maximum = 10000)]
     pub min_spare: Option<u32>,
 }
 
@@ -326,10 +328,16 @@ impl DesktopView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
-    /// Who the desktop is for (1-256 characters, no control characters), e.g. a user name.
+    /// Who the desktop is for (1-256 characters, not blank, no control characters), e.g. a
+    /// user name.
+    #[schema(
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+        max_length = 256
+    )]
     pub user: String,
     /// Lease in seconds (60..=604800); the pool's `claim_lease_secs` when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "deskpool_domain::integral::option_u32")]
+    #[schema(minimum = 60, maximum = 604800)]
     pub lease_secs: Option<u32>,
 }
 

@@ -21,6 +21,64 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Attaches the spec's text-field rules ([`deskpool_domain::patterns`]) to `PoolSpec`'s schema,
+/// so the document states exactly what `PoolSpec::validate` accepts.
+struct SpecPatterns;
+
+impl Modify for SpecPatterns {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, Schema};
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        let Some(RefOr::T(Schema::Object(spec))) = components.schemas.get_mut("PoolSpec") else {
+            return;
+        };
+        for (field, pattern) in deskpool_domain::patterns::FIELDS {
+            if let Some(RefOr::T(Schema::Object(prop))) = spec.properties.get_mut(*field) {
+                prop.pattern = Some((*pattern).to_owned());
+            }
+        }
+    }
+}
+
+/// An optional query or header parameter is absent or has a value, never `null` (which a
+/// client would have to send as the text "null"): drops the `null` type utoipa gives `Option`.
+struct NoNullParameters;
+
+impl Modify for NoNullParameters {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{SchemaType, Type};
+        use utoipa::openapi::{RefOr, Schema};
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                for param in op.parameters.iter_mut().flatten() {
+                    let Some(RefOr::T(Schema::Object(obj))) = param.schema.as_mut() else {
+                        continue;
+                    };
+                    if let SchemaType::Array(types) = &obj.schema_type {
+                        let kept: Vec<Type> = types
+                            .iter()
+                            .filter(|t| **t != Type::Null)
+                            .cloned()
+                            .collect();
+                        if let [only] = kept.as_slice() {
+                            obj.schema_type = SchemaType::Type(only.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "deskpool", description = "Keeps VMware vSphere desktop pools at their target size with linked clones."),
@@ -46,7 +104,7 @@ impl Modify for BearerAuth {
         tokens::Permissions, tokens::Whoami,
         model::Alive, model::Readiness, model::DbHealth, model::ReplicaRole, model::VcenterHealth,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &SpecPatterns, &NoNullParameters),
     tags(
         (name = "pools", description = "Pool definitions and sizing"),
         (name = "desktops", description = "Desktops of a pool"),

@@ -253,7 +253,7 @@ pub(crate) async fn get(
     security(("bearer" = [])),
     params(
         ("name" = String, Path, description = "Pool name"),
-        ("If-Match" = Option<String>, Header, description = "Apply only if the pool is still at this ETag"),
+        ("If-Match" = Option<String>, Header, pattern = "^(?:\\*|(?:W/)?\"[0-9]{1,18}\"|[0-9]{1,18})$", description = "Apply only if the pool is still at this ETag"),
     ),
     request_body = PoolSpec,
     responses(
@@ -337,7 +337,7 @@ pub(crate) async fn replace(
     security(("bearer" = [])),
     params(
         ("name" = String, Path, description = "Pool name"),
-        ("If-Match" = Option<String>, Header, description = "Apply only if the pool is still at this ETag"),
+        ("If-Match" = Option<String>, Header, pattern = "^(?:\\*|(?:W/)?\"[0-9]{1,18}\"|[0-9]{1,18})$", description = "Apply only if the pool is still at this ETag"),
     ),
     request_body = Resize,
     responses(

@@ -62,9 +62,13 @@ pub struct TokenList {
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// Name of the holder, 1-100 printable characters, unique among active tokens.
+    #[schema(
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+        max_length = 100
+    )]
     pub name: String,
     /// `admin`, `helpdesk`, `broker` or `viewer`.
-    #[schema(value_type = String, example = "helpdesk")]
+    #[schema(value_type = String, pattern = "^(?:admin|helpdesk|broker|viewer)$", example = "helpdesk")]
     pub role: Role,
 }
 
@@ -235,6 +239,7 @@ pub(crate) async fn create(
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Not an admin", body = ErrorBody),
         (status = 404, description = "No active token of that name", body = ErrorBody),
+        (status = 409, description = "The token is the one this request uses (code `own_token`)", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
 pub(crate) async fn revoke(
@@ -242,6 +247,16 @@ pub(crate) async fn revoke(
     caller: Caller<Admin>,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
+    if name == caller.name {
+        // Revoking the token in use locks this client out, perhaps the last admin with it.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "own_token",
+            format!(
+                "this request is authenticated by token '{name}': revoke it with another admin token, or with `deskpool token revoke --name {name}` on the server"
+            ),
+        ));
+    }
     let mut tx = state.db.begin().await?;
     let token = tokens::revoke(&mut tx, &name).await?;
     record(

@@ -5,6 +5,7 @@
 //! Nothing here knows about HTTP, SQL or SOAP: every type is plain data, so the rules can be
 //! tested (and property-tested) in isolation.
 
+pub mod integral;
 mod naming;
 mod ownership;
 mod plan;
@@ -21,7 +22,7 @@ pub use rollout::{
     RolloutLimits, RolloutSeen, RolloutTransition,
 };
 pub use spec::{
-    check_lease_secs, is_slug, GuestOs, LogoffPolicy, OnRelease, PoolSpec, SpecError,
+    check_lease_secs, is_slug, patterns, GuestOs, LogoffPolicy, OnRelease, PoolSpec, SpecError,
     DEFAULT_CLAIM_LEASE_SECS, MAX_CLAIM_LEASE_SECS, MAX_FORCE_AFTER_SECS, MIN_CLAIM_LEASE_SECS,
     WINDOWS_NAME_LIMIT,
 };

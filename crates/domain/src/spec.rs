@@ -9,6 +9,30 @@ pub const MAX_POOL_SIZE: u32 = 10_000;
 /// Largest per-pool clone concurrency accepted.
 pub const MAX_CONCURRENT_CLONES: u32 = 256;
 
+/// The rules of the spec's text fields as JSON Schema patterns (ECMA-262), which the OpenAPI
+/// document attaches to the fields; [`PoolSpec::validate`] enforces the same rules.
+pub mod patterns {
+    /// A pool name: see [`super::is_slug`].
+    pub const SLUG: &str = "^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$";
+    /// A name (vCenter connection, customization spec): not blank, no control characters.
+    pub const NAME: &str =
+        "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$";
+    /// A relative inventory path: non-blank names joined by single '/', no control characters.
+    pub const PATH: &str = "^[^/\\x00-\\x1f\\x7f-\\x9f]*[^/\\s\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*(?:/[^/\\x00-\\x1f\\x7f-\\x9f]*[^/\\s\\x00-\\x1f\\x7f-\\x9f][^/\\x00-\\x1f\\x7f-\\x9f]*)*$";
+    /// Which pattern each text field of the spec follows.
+    pub const FIELDS: &[(&str, &str)] = &[
+        ("name", SLUG),
+        ("vcenter", NAME),
+        ("customization_spec", NAME),
+        ("datacenter", PATH),
+        ("golden_vm", PATH),
+        ("snapshot", PATH),
+        ("folder", PATH),
+        ("resource_pool", PATH),
+        ("datastore", PATH),
+    ];
+}
+
 /// The guest operating system family, which decides the name length limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -81,22 +105,32 @@ pub struct PoolSpec {
     #[serde(default)]
     pub customization_spec: Option<String>,
     /// Desktop naming pattern, e.g. `lab-{n:3}`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub naming_pattern: String,
     /// Guest OS family; Windows limits names to 15 characters.
     #[serde(default)]
     pub guest_os: GuestOs,
     /// Desired number of desktops.
+    #[cfg_attr(feature = "openapi", schema(maximum = 10000))]
+    #[serde(deserialize_with = "crate::integral::u32")]
     pub target_size: u32,
     /// Lowest target helpdesk may set.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral::u32")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 10000))]
     pub min_size: u32,
     /// Highest target helpdesk may set.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
+    #[serde(deserialize_with = "crate::integral::u32")]
     pub max_size: u32,
     /// Power desktops on once cloned.
     #[serde(default = "default_true")]
     pub power_on: bool,
     /// At most this many clones of this pool in flight at once.
-    #[serde(default = "default_concurrency")]
+    #[serde(
+        default = "default_concurrency",
+        deserialize_with = "crate::integral::u32"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 256))]
     pub max_concurrent_clones: u32,
     /// A disabled (paused) pool is neither grown nor shrunk.
     #[serde(default = "default_true")]
@@ -104,11 +138,13 @@ pub struct PoolSpec {
     /// During an image rollout, at most this many desktops beyond the desired size (1..=256;
     /// default the pool's `max_concurrent_clones`). A surge may pass `max_size` for the
     /// rollout's duration only.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral::option_u32")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 256))]
     pub max_surge: Option<u32>,
     /// During an image rollout, claimable desktops may drop this many below what the pool had
     /// (default 0: an outdated desktop is destroyed only once its replacement is ready).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral::u32")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 10000))]
     pub max_unavailable: u32,
     /// The first failed clone from a new image pauses the rollout (default true).
     #[serde(default = "default_true")]
@@ -119,14 +155,23 @@ pub struct PoolSpec {
     pub logoff_policy: LogoffPolicy,
     /// With `logoff_policy: "force"`: the grace, counted from the rollout's start (or the
     /// claim, if later), after which a claimed outdated desktop is released (default 3600).
-    #[serde(default = "default_force_after")]
+    #[serde(
+        default = "default_force_after",
+        deserialize_with = "crate::integral::u32"
+    )]
+    #[cfg_attr(feature = "openapi", schema(maximum = 604800))]
     pub force_after_secs: u32,
     /// Desktops kept ready and unclaimed on top of the claimed ones (0..=max_size): the
     /// pool's desired size is `min(max_size, max(target_size, claimed + min_spare))`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integral::u32")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 10000))]
     pub min_spare: u32,
     /// A claim's lease when the claimer asks for none, in seconds (60..=604800).
-    #[serde(default = "default_claim_lease")]
+    #[serde(
+        default = "default_claim_lease",
+        deserialize_with = "crate::integral::u32"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 60, maximum = 604800))]
     pub claim_lease_secs: u32,
     /// What a release (or an expired lease) does to the desktop.
     #[serde(default)]
@@ -214,14 +259,26 @@ pub fn is_slug(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
+/// A name vCenter could hold: not blank, no control characters.
+fn check_name(field: &'static str, value: &str, blank: &str) -> Result<(), SpecError> {
+    if value.trim().is_empty() {
+        return Err(err(field, blank.to_owned()));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(err(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// A relative inventory path: names separated by single '/', none of them blank.
 fn check_path(field: &'static str, value: &str) -> Result<(), SpecError> {
     if value.trim().is_empty() {
         return Err(err(field, "must not be empty"));
     }
-    if value.starts_with('/') || value.ends_with('/') || value.contains("//") {
+    if value.split('/').any(|part| part.trim().is_empty()) {
         return Err(err(
             field,
-            format!("'{value}' must be a relative inventory path like 'a/b' (no leading, trailing or double '/')"),
+            format!("'{value}' must be a relative inventory path like 'a/b' (no leading, trailing or double '/', no blank names)"),
         ));
     }
     if value.chars().any(char::is_control) {
@@ -258,9 +315,11 @@ impl PoolSpec {
                 format!("'{}' is not a slug: use 1-63 lowercase letters, digits and '-', starting with a letter", self.name),
             ));
         }
-        if self.vcenter.trim().is_empty() {
-            return Err(err("vcenter", "must name a configured vCenter connection"));
-        }
+        check_name(
+            "vcenter",
+            &self.vcenter,
+            "must name a configured vCenter connection",
+        )?;
         check_path("datacenter", &self.datacenter)?;
         check_path("golden_vm", &self.golden_vm)?;
         check_path("folder", &self.folder)?;
@@ -269,13 +328,11 @@ impl PoolSpec {
             check_path("datastore", ds)?;
         }
         if let Some(cs) = &self.customization_spec {
-            if cs.trim().is_empty() {
-                return Err(err("customization_spec", "must not be empty when given"));
-            }
+            check_name("customization_spec", cs, "must not be empty when given")?;
         }
-        if self.snapshot != "current"
-            && (self.snapshot.is_empty()
-                || self.snapshot.split('/').any(|part| part.trim().is_empty()))
+        if self.snapshot.is_empty()
+            || self.snapshot.split('/').any(|part| part.trim().is_empty())
+            || self.snapshot.chars().any(char::is_control)
         {
             return Err(err(
                 "snapshot",

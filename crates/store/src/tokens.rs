@@ -117,7 +117,7 @@ pub async fn create(
     name: &str,
     role: Role,
 ) -> Result<(Token, String), StoreError> {
-    if name.trim().is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+    if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(StoreError::Invalid {
             constraint: "api_tokens_name".into(),
             message: "token name must be 1-100 printable characters".into(),

@@ -90,6 +90,22 @@ async fn revoked_token_is_refused_and_the_event_names_the_admin(db: PgPool) {
 }
 
 #[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn an_admin_cannot_revoke_the_token_it_calls_with(db: PgPool) {
+    let ctx = ctx(db).await;
+    let res = call(&ctx.router, Method::DELETE, "/api/v1/tokens/alice-admin")
+        .token(&ctx.admin)
+        .send()
+        .await;
+    assert_eq!(res.status, StatusCode::CONFLICT, "{}", res.text);
+    assert_eq!(res.body["error"]["code"], "own_token", "{}", res.text);
+    let still = call(&ctx.router, Method::GET, "/api/v1/tokens")
+        .token(&ctx.admin)
+        .send()
+        .await;
+    assert_eq!(still.status, StatusCode::OK, "the token was revoked anyway");
+}
+
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
 async fn bad_requests_name_the_field(db: PgPool) {
     let ctx = ctx(db).await;
     let cases = [
