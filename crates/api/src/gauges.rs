@@ -44,6 +44,28 @@ pub(crate) fn pool_states(pools: &[Pool]) -> String {
     out
 }
 
+/// `deskpool_desktops_outdated{pool}`: desktops (provisioning or ready) on another image than
+/// the pool's, from the per-image counts of every pool.
+pub(crate) fn outdated(
+    pools: &[Pool],
+    images: &std::collections::HashMap<uuid::Uuid, Vec<(Option<String>, u32)>>,
+) -> String {
+    let mut out = String::from(
+        "# HELP deskpool_desktops_outdated Desktops on another image (snapshot) than their pool's.
+# TYPE deskpool_desktops_outdated gauge
+",
+    );
+    for p in pools {
+        let n = crate::model::outdated_count(p, images.get(&p.id).map_or(&[][..], Vec::as_slice));
+        let _ = writeln!(
+            out,
+            "deskpool_desktops_outdated{{pool=\"{}\"}} {n}",
+            escape(&p.spec.name)
+        );
+    }
+    out
+}
+
 /// `deskpool_leader` (1 when this replica holds the leader lease) and
 /// `deskpool_vcenter_connected{vcenter}`.
 pub(crate) fn health(h: &HealthSnapshot) -> String {

@@ -9,7 +9,7 @@
 //!
 //! ```ignore
 //! let metrics = deskpool_api::install_metrics_recorder(); // before the reconciler records
-//! let api = deskpool_api::router(ApiState { db, vcenters, health, metrics, max_body_bytes, limits });
+//! let api = deskpool_api::router(ApiState { db, vcenters, health, metrics, max_body_bytes, limits, images });
 //! axum::serve(listener, api).with_graceful_shutdown(stop).await?;
 //! ```
 //!
@@ -46,8 +46,8 @@ pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use metrics_setup::{install_metrics_recorder, metrics_builder};
 pub use model::{
     Alive, ClaimAnswer, ClaimRequest, DbHealth, DesktopPage, DesktopStateView, DesktopView,
-    EventPage, EventView, HealthSnapshot, PoolList, PoolStateView, PoolStatus, PoolView, Readiness,
-    ReplicaRole, Resize, VcenterHealth,
+    EventPage, EventView, HealthSnapshot, ImageCount, ImagePush, PoolList, PoolStateView,
+    PoolStatus, PoolView, Readiness, ReplicaRole, Resize, RolloutView, VcenterHealth,
 };
 pub use openapi::openapi;
 pub use tokens::{CreatedToken, NewToken, Permissions, TokenList, TokenView, Whoami};
@@ -67,6 +67,28 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// How much work the API takes on at once.
     pub limits: RequestLimits,
+    /// Resolves snapshots for image pushes (the serving replica's vCenter sessions).
+    pub images: Arc<dyn Images>,
+}
+
+/// Resolves a pool's snapshot selector to the moref an image push pins.
+pub trait Images: Send + Sync + 'static {
+    /// The snapshot moref value (`snapshot-71`) that `selector` (`current` or a path) names on
+    /// `spec`'s golden VM, asked of vCenter now.
+    fn resolve<'a>(
+        &'a self,
+        spec: &'a deskpool_domain::PoolSpec,
+        selector: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, ImageError>> + Send + 'a>>;
+}
+
+/// Why a snapshot did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageError {
+    /// The golden VM or snapshot does not exist (422, naming it).
+    NotFound(String),
+    /// vCenter cannot be asked now (503).
+    Unavailable(String),
 }
 
 /// Bounds on the API's work, so a flood of requests (authenticated or not) queues and times
@@ -146,6 +168,16 @@ fn table() -> Table {
         .add(Method::DELETE, "/api/v1/pools/{name}", pools::delete)
         .add(Method::POST, "/api/v1/pools/{name}/pause", pools::pause)
         .add(Method::POST, "/api/v1/pools/{name}/resume", pools::resume)
+        .add(
+            Method::POST,
+            "/api/v1/pools/{name}/image",
+            pools::push_image,
+        )
+        .add(
+            Method::POST,
+            "/api/v1/pools/{name}/image/resume",
+            pools::resume_rollout,
+        )
         .add(Method::GET, "/api/v1/pools/{name}/desktops", desktops::list)
         .add(
             Method::GET,

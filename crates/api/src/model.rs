@@ -1,7 +1,7 @@
 //! The JSON shapes the API answers with (requests are `PoolSpec` and [`Resize`]).
 
 use chrono::{DateTime, Utc};
-use deskpool_domain::{desired_size, DesktopState, PoolSpec, PoolState};
+use deskpool_domain::{desired_size, DesktopState, PoolSpec, PoolState, RolloutState};
 use deskpool_store::desktops::Desktop;
 use deskpool_store::events::Event;
 use deskpool_store::pools::{Pool, PoolCounts};
@@ -100,8 +100,58 @@ pub struct PoolStatus {
     pub last_error: Option<String>,
     /// Clone failures in a row.
     pub consecutive_failures: u32,
-    /// The snapshot moref the spec's snapshot resolved to, once the reconciler resolved it.
+    /// The pool's image: the snapshot moref its snapshot was resolved to and pinned at.
     pub snapshot_moref: Option<String>,
+    /// The pool's image rollout.
+    pub rollout: RolloutView,
+    /// Desktops (provisioning or ready) per image, most first.
+    pub images: Vec<ImageCount>,
+}
+
+/// Where a pool's image rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutView {
+    /// `idle` (never rolled), `rolling`, `stopped` (at its first failed clone) or `done`.
+    #[schema(value_type = String, example = "rolling")]
+    pub state: RolloutState,
+    /// The image (snapshot moref) the pool had before.
+    pub from: Option<String>,
+    /// The image it rolls to (the pool's `snapshot_moref`).
+    pub to: Option<String>,
+    /// Desktops (provisioning or ready) on the pool's image.
+    pub updated: u32,
+    /// Desktops (provisioning or ready) on another image.
+    pub outdated: u32,
+    /// When the image was pushed.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Why it stopped.
+    pub last_error: Option<String>,
+}
+
+/// How many desktops are on one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageCount {
+    /// The snapshot moref (None: not recorded).
+    pub snapshot_moref: Option<String>,
+    /// Desktops (provisioning or ready) on it.
+    pub desktops: u32,
+}
+
+/// A new image for a pool: `POST /api/v1/pools/{name}/image`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePush {
+    /// `current`, or a snapshot path of names such as `base/v3`, on the pool's golden VM.
+    pub snapshot: String,
+}
+
+/// Counted desktops of `pool` on another image than its pinned one, from its per-image counts.
+pub(crate) fn outdated_count(pool: &Pool, images: &[(Option<String>, u32)]) -> u32 {
+    images
+        .iter()
+        .filter(|(m, _)| m.is_some() && pool.snapshot_moref.is_some() && *m != pool.snapshot_moref)
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// A pool: its spec and status. `version` is also sent as the `ETag`.
@@ -150,13 +200,48 @@ impl PoolView {
                 paused: !pool.spec.enabled,
                 last_error: pool.last_error,
                 consecutive_failures: pool.consecutive_failures,
+                rollout: RolloutView {
+                    state: pool.rollout.state,
+                    from: pool.rollout.from.clone(),
+                    to: pool.rollout.to.clone(),
+                    updated: 0,
+                    outdated: 0,
+                    started_at: pool.rollout.started_at,
+                    last_error: pool.rollout.last_error.clone(),
+                },
                 snapshot_moref: pool.snapshot_moref,
+                images: Vec::new(),
             },
             spec: pool.spec,
             version: pool.version,
             created_at: pool.created_at,
             updated_at: pool.updated_at,
         }
+    }
+}
+
+impl PoolView {
+    /// Adds the pool's per-image counts (and the rollout's `updated` and `outdated`).
+    pub fn with_images(mut self, images: &[(Option<String>, u32)]) -> Self {
+        let pinned = self.status.snapshot_moref.clone();
+        self.status.rollout.updated = images
+            .iter()
+            .filter(|(m, _)| pinned.is_some() && *m == pinned)
+            .map(|(_, n)| n)
+            .sum();
+        self.status.rollout.outdated = images
+            .iter()
+            .filter(|(m, _)| m.is_some() && pinned.is_some() && *m != pinned)
+            .map(|(_, n)| n)
+            .sum();
+        self.status.images = images
+            .iter()
+            .map(|(m, n)| ImageCount {
+                snapshot_moref: m.clone(),
+                desktops: *n,
+            })
+            .collect();
+        self
     }
 }
 

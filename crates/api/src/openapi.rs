@@ -84,7 +84,7 @@ impl Modify for NoNullParameters {
     info(title = "deskpool", description = "Keeps VMware vSphere desktop pools at their target size with linked clones."),
     paths(
         pools::list, pools::create, pools::get, pools::replace, pools::resize, pools::delete,
-        pools::pause, pools::resume,
+        pools::pause, pools::resume, pools::push_image, pools::resume_rollout,
         desktops::list, desktops::get, desktops::delete,
         claims::claim, claims::release,
         events::list,
@@ -93,8 +93,10 @@ impl Modify for NoNullParameters {
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
+        deskpool_domain::PoolSpec, deskpool_domain::GuestOs, deskpool_domain::LogoffPolicy,
         deskpool_domain::PoolSpec, deskpool_domain::GuestOs, deskpool_domain::OnRelease,
         model::PoolView, model::PoolStatus, model::PoolStateView, model::PoolList, model::Resize,
+        model::RolloutView, model::ImageCount, model::ImagePush,
         model::DesktopView, model::DesktopStateView, model::DesktopPage,
         model::ClaimRequest, model::ClaimAnswer,
         model::EventView, model::EventPage,

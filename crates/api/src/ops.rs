@@ -82,9 +82,10 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
         let all = pools::list(&mut conn).await?;
         let counts = desktops::counts_by_state(&mut conn).await?;
         let by_pool = pools::counts(&mut conn).await?;
-        Ok::<_, deskpool_store::StoreError>((all, counts, by_pool))
+        let images = pools::image_counts_all(&mut conn).await?;
+        Ok::<_, deskpool_store::StoreError>((all, counts, by_pool, images))
     };
-    let (all, counts, by_pool) = match tokio::time::timeout(DB_DEADLINE, read).await {
+    let (all, counts, by_pool, images) = match tokio::time::timeout(DB_DEADLINE, read).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("timed out".to_owned()),
@@ -136,6 +137,7 @@ async fn db_gauges(state: &AppState) -> Result<String, String> {
         );
     }
     out.push_str(&crate::gauges::pool_states(&all));
+    out.push_str(&crate::gauges::outdated(&all, &images));
     Ok(out)
 }
 

@@ -10,14 +10,14 @@ use axum::Json;
 use deskpool_domain::{is_slug, EventKind, PoolSpec, PoolState};
 use deskpool_store::claims;
 use deskpool_store::events::{self, NewEvent};
-use deskpool_store::pools::{self, Pool};
+use deskpool_store::pools::{self, Pinned, Pool};
 use sqlx::PgConnection;
 
 use crate::auth::{Admin, Caller, Helpdesk, Viewer};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{if_match, ApiJson, ApiPath, QueryPairs};
-use crate::model::{PoolList, PoolView, Resize};
-use crate::AppState;
+use crate::model::{ImagePush, PoolList, PoolView, Resize};
+use crate::{AppState, ImageError};
 
 fn etag(version: i64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header value")
@@ -33,7 +33,50 @@ fn with_etag(status: StatusCode, view: PoolView) -> Response {
 
 async fn view(conn: &mut PgConnection, pool: Pool) -> ApiResult<PoolView> {
     let counts = pools::counts_for(conn, pool.id).await?;
-    Ok(PoolView::new(pool, counts))
+    let images = pools::image_counts(conn, pool.id).await?;
+    Ok(PoolView::new(pool, counts).with_images(&images))
+}
+
+/// Resolves `selector` on `spec`'s golden VM, once: 422 naming the snapshot when it does not
+/// resolve, 503 when vCenter cannot be asked.
+async fn resolve_image(state: &AppState, spec: &PoolSpec, selector: &str) -> ApiResult<String> {
+    match state.images.resolve(spec, selector).await {
+        Ok(moref) => Ok(moref),
+        Err(ImageError::NotFound(why)) => Err(ApiError::invalid(
+            "snapshot",
+            format!("snapshot '{selector}' does not resolve: {why}; the pool keeps its image"),
+        )),
+        Err(ImageError::Unavailable(why)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "vcenter_unavailable",
+            format!("cannot resolve snapshot '{selector}' now: {why}; try again"),
+        )),
+    }
+}
+
+/// Pins `moref` as pool `pool`'s image inside `tx`, with a `rollout_started` event when
+/// desktops are on another image.
+async fn pin(
+    conn: &mut PgConnection,
+    actor: &str,
+    pool: &Pool,
+    selector: &str,
+    moref: &str,
+) -> ApiResult<()> {
+    if let Pinned::RolloutStarted { from, .. } = pools::pin_image(conn, pool.id, moref).await? {
+        record(
+            conn,
+            actor,
+            &pool.spec.name,
+            EventKind::RolloutStarted,
+            &format!(
+                "rolling out image {moref} (snapshot '{selector}') from {}",
+                from.as_deref().unwrap_or("an unrecorded image")
+            ),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The pool named `name`, or 404. Names that are not slugs cannot exist, so they are 404
@@ -132,11 +175,13 @@ pub(crate) async fn list(
     let mut conn = state.db.acquire().await?;
     let all = pools::list(&mut conn).await?;
     let mut counts = pools::counts(&mut conn).await?;
+    let mut images = pools::image_counts_all(&mut conn).await?;
     let pools = all
         .into_iter()
         .map(|p| {
             let c = counts.remove(&p.id).unwrap_or_default();
-            PoolView::new(p, c)
+            let i = images.remove(&p.id).unwrap_or_default();
+            PoolView::new(p, c).with_images(&i)
         })
         .collect();
     Ok(Json(PoolList { pools }))
@@ -243,9 +288,32 @@ pub(crate) async fn replace(
         ));
     }
     validate(&state, &spec)?;
+    // A new snapshot (or golden VM) is an image push: resolved once, before any write, and
+    // refused with the pool unchanged when it does not resolve.
+    let before = {
+        let mut conn = state.db.acquire().await?;
+        find(&mut conn, &name).await?
+    };
+    let image = if before.spec.snapshot != spec.snapshot || before.spec.golden_vm != spec.golden_vm
+    {
+        not_deleting(&before)?;
+        match resolve_image(&state, &spec, &spec.snapshot).await {
+            Ok(moref) => Some(moref),
+            // vCenter cannot be asked now: the spec is stored unpinned and the reconciler
+            // pins what the snapshot names at its next pass (a missing one puts the pool in
+            // `error` then). Only a snapshot known not to exist is refused here.
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!(pool = %name, error = %e.message, "snapshot not resolved at PUT; the reconciler pins it");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
     let mut tx = state.db.begin().await?;
     find(&mut tx, &name).await?;
-    let pool = pools::update_spec(&mut tx, &name, &spec, expected).await?;
+    let mut pool = pools::update_spec(&mut tx, &name, &spec, expected).await?;
     record(
         &mut tx,
         &caller.name,
@@ -254,6 +322,10 @@ pub(crate) async fn replace(
         &format!("spec replaced (version {})", pool.version),
     )
     .await?;
+    if let Some(moref) = image {
+        pin(&mut tx, &caller.name, &pool, &spec.snapshot, &moref).await?;
+        pool = find(&mut tx, &name).await?;
+    }
     let v = view(&mut tx, pool).await?;
     tx.commit().await?;
     Ok(with_etag(StatusCode::OK, v))
@@ -475,4 +547,105 @@ pub(crate) async fn delete(
     let v = view(&mut tx, pool).await?;
     tx.commit().await?;
     Ok(with_etag(StatusCode::ACCEPTED, v))
+}
+
+/// Gives a pool a new image (admin): the snapshot is resolved once and the pool pinned to its
+/// moref (also for `current`); desktops on another image are replaced by a rolling update.
+/// Pushing the previous snapshot is the rollback.
+#[utoipa::path(post, path = "/api/v1/pools/{name}/image", tag = "pools",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Pool name")),
+    request_body = ImagePush,
+    responses(
+        (status = 200, description = "Pinned; `status.rollout` shows the rollout", body = PoolView,
+            headers(("ETag" = String, description = "The new version"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 409, description = "The pool is being deleted", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "The snapshot does not resolve (field `snapshot`); the pool keeps its image", body = ErrorBody),
+        (status = 503, description = "Database or vCenter unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn push_image(
+    State(state): State<AppState>,
+    caller: Caller<Admin>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ImagePush>,
+) -> ApiResult<Response> {
+    let current = {
+        let mut conn = state.db.acquire().await?;
+        find(&mut conn, &name).await?
+    };
+    not_deleting(&current)?;
+    let mut spec = current.spec.clone();
+    spec.snapshot = req.snapshot.clone();
+    check_text("snapshot", &spec.snapshot)?;
+    spec.validate()?;
+    let moref = resolve_image(&state, &spec, &req.snapshot).await?;
+    let mut tx = state.db.begin().await?;
+    let locked = pools::lock(&mut tx, &name).await?;
+    not_deleting(&locked)?;
+    pools::set_snapshot_selector(&mut tx, locked.id, &req.snapshot).await?;
+    record(
+        &mut tx,
+        &caller.name,
+        &name,
+        EventKind::PoolUpdated,
+        &format!("image pushed: snapshot '{}' ({moref})", req.snapshot),
+    )
+    .await?;
+    pin(&mut tx, &caller.name, &locked, &req.snapshot, &moref).await?;
+    let pool = find(&mut tx, &name).await?;
+    let v = view(&mut tx, pool).await?;
+    tx.commit().await?;
+    Ok(with_etag(StatusCode::OK, v))
+}
+
+/// Continues a rollout that stopped at a failed clone (admin).
+#[utoipa::path(post, path = "/api/v1/pools/{name}/image/resume", tag = "pools",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, description = "Rolling again", body = PoolView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such pool", body = ErrorBody),
+        (status = 409, description = "The pool's rollout is not stopped (`rollout_not_stopped`)", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn resume_rollout(
+    State(state): State<AppState>,
+    caller: Caller<Admin>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    let mut tx = state.db.begin().await?;
+    let current = find(&mut tx, &name).await?;
+    not_deleting(&current)?;
+    let Some(pool) = pools::resume_rollout(&mut tx, &name).await? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "rollout_not_stopped",
+            format!(
+                "pool '{name}' has no stopped rollout (its rollout is {}): nothing to resume",
+                current.rollout.state
+            ),
+        ));
+    };
+    record(
+        &mut tx,
+        &caller.name,
+        &name,
+        EventKind::PoolResumed,
+        &format!(
+            "rollout to {} resumed",
+            pool.snapshot_moref.as_deref().unwrap_or("?")
+        ),
+    )
+    .await?;
+    let v = view(&mut tx, pool).await?;
+    tx.commit().await?;
+    Ok(with_etag(StatusCode::OK, v))
 }

@@ -58,6 +58,25 @@ impl Health for Leader {
     }
 }
 
+/// This bench pushes no image.
+struct NoImages;
+
+impl deskpool_api::Images for NoImages {
+    fn resolve<'a>(
+        &'a self,
+        _spec: &'a PoolSpec,
+        _selector: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<String, deskpool_api::ImageError>> + Send + 'a>,
+    > {
+        Box::pin(async {
+            Err(deskpool_api::ImageError::Unavailable(
+                "the claim bench has no vCenter".into(),
+            ))
+        })
+    }
+}
+
 fn spec(max: u32) -> PoolSpec {
     PoolSpec {
         name: "bench".into(),
@@ -77,6 +96,11 @@ fn spec(max: u32) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: 8,
         enabled: true,
+        max_surge: None,
+        max_unavailable: 0,
+        stop_on_error: true,
+        logoff_policy: deskpool_domain::LogoffPolicy::Wait,
+        force_after_secs: 3600,
         min_spare: 0,
         claim_lease_secs: 86_400,
         on_release: OnRelease::Delete,
@@ -215,6 +239,7 @@ async fn run(args: &Args, server: &str, scratch: &str) -> anyhow::Result<()> {
         metrics: deskpool_api::install_metrics_recorder(),
         max_body_bytes: 64 * 1024,
         limits: deskpool_api::RequestLimits::default(),
+        images: Arc::new(NoImages),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/api/v1/pools/bench/claim", listener.local_addr()?);

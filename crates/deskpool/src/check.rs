@@ -212,6 +212,35 @@ async fn check_database(db: &PgPool, cfg: &Config, report: &mut Report) -> Vec<P
             format!("{} defined, each names a configured vCenter", pools.len()),
         );
     }
+    match deskpool_store::pools::image_counts_all(&mut conn).await {
+        Ok(images) => {
+            let mut spread = false;
+            for p in &pools {
+                let on = images.get(&p.id).map_or(&[][..], Vec::as_slice);
+                if on.len() > 2 {
+                    spread = true;
+                    let list: Vec<String> = on
+                        .iter()
+                        .map(|(m, n)| format!("{} on {}", n, m.as_deref().unwrap_or("unrecorded")))
+                        .collect();
+                    report.fail(
+                        &format!("pool '{}'", p.spec.name),
+                        format!(
+                            "its desktops span {} images ({}): let the rollout to {} finish (POST /api/v1/pools/{}/image/resume if it stopped) before pushing another",
+                            on.len(),
+                            list.join(", "),
+                            p.snapshot_moref.as_deref().unwrap_or("its image"),
+                            p.spec.name
+                        ),
+                    );
+                }
+            }
+            if !spread {
+                report.ok("images", "no pool's desktops span more than two images");
+            }
+        }
+        Err(e) => report.fail("images", format!("cannot count desktops per image: {e}")),
+    }
     pools.into_iter().map(|p| p.spec).collect()
 }
 

@@ -90,6 +90,7 @@ pub async fn build(cfg: &Config, databases: Databases) -> anyhow::Result<App> {
         db: databases.api,
         vcenters: cfg.vcenters.iter().map(|v| v.name.clone()).collect(),
         health: Arc::new(ReconcilerHealth(reconciler.status())),
+        images: Arc::new(SnapshotResolver(reconciler.status())),
         metrics: deskpool_api::install_metrics_recorder(),
         max_body_bytes: cfg.http.max_body_bytes,
         limits: deskpool_api::RequestLimits {
@@ -136,6 +137,30 @@ where
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
         .context("http server failed")
+}
+
+/// Image pushes resolve their snapshot through this replica's vCenter sessions.
+struct SnapshotResolver(deskpool_reconciler::StatusHandle);
+
+impl deskpool_api::Images for SnapshotResolver {
+    fn resolve<'a>(
+        &'a self,
+        spec: &'a deskpool_domain::PoolSpec,
+        selector: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<String, deskpool_api::ImageError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            use deskpool_reconciler::SnapshotError;
+            self.0
+                .resolve_snapshot(spec, selector)
+                .await
+                .map_err(|e| match e {
+                    SnapshotError::NotFound(m) => deskpool_api::ImageError::NotFound(m),
+                    SnapshotError::Unavailable(m) => deskpool_api::ImageError::Unavailable(m),
+                })
+        })
+    }
 }
 
 /// `/readyz` reads the reconciler's role and vCenter sessions through this.

@@ -12,6 +12,7 @@ mod naming;
 mod ownership;
 mod plan;
 mod readiness;
+mod rollout;
 mod spec;
 mod state;
 mod step;
@@ -23,12 +24,16 @@ pub use plan::{desired_size, plan, Plan, PlanDesktop, PlanInput};
 pub use readiness::{
     judge_boot, unusable_address, BootVerdict, CustomizationState, GuestFacts, TOOLS_RUNNING,
 };
-pub use spec::{
-    check_lease_secs, is_slug, patterns, GuestOs, OnRelease, PoolSpec, ReadyWhen, SpecError,
-    DEFAULT_CLAIM_LEASE_SECS, DEFAULT_READY_TIMEOUT_SECS, MAX_CLAIM_LEASE_SECS,
-    MAX_READY_TIMEOUT_SECS, MIN_CLAIM_LEASE_SECS, WINDOWS_NAME_LIMIT,
+pub use rollout::{
+    claimable_floor, force_release_due, plan_rollout, plan_with_rollout, rollout_transition,
+    RolloutLimits, RolloutSeen, RolloutTransition,
 };
-pub use state::{DesktopState, EventKind, PoolState, UnknownState};
+pub use spec::{
+    check_lease_secs, is_slug, patterns, GuestOs, LogoffPolicy, OnRelease, PoolSpec, ReadyWhen,
+    SpecError, DEFAULT_CLAIM_LEASE_SECS, DEFAULT_READY_TIMEOUT_SECS, MAX_CLAIM_LEASE_SECS,
+    MAX_FORCE_AFTER_SECS, MAX_READY_TIMEOUT_SECS, MIN_CLAIM_LEASE_SECS, WINDOWS_NAME_LIMIT,
+};
+pub use state::{DesktopState, EventKind, PoolState, RolloutState, UnknownState};
 pub use step::{next_step, Failure, FaultClass, Lookup, NameHolder, Report, Step, StepDesktop};
 
 /// Key of the extraConfig marker naming the pool that owns a VM.

@@ -18,10 +18,12 @@ pub struct PlanDesktop {
     pub state: DesktopState,
     /// Last known power state (false when unknown).
     pub powered_on: bool,
-    /// A user holds it: it is never removed by sizing.
+    /// Someone holds the desktop (a claim): never removed by sizing or a rollout.
     pub claimed: bool,
     /// deskpool gave up destroying its VM (`failed`, kept until an admin deletes it again).
     pub destroy_given_up: bool,
+    /// The desktop is on another image (snapshot moref) than the pool's.
+    pub outdated: bool,
 }
 
 /// The inputs of one planning pass for one pool.
@@ -75,7 +77,7 @@ fn removed_whatever_the_target(d: &PlanDesktop) -> bool {
 
 /// Removal preference: lower goes first. Failed desktops, then those still provisioning,
 /// then powered-off ready ones, then the rest; within a rank the highest index first.
-fn removal_rank(d: &PlanDesktop) -> (u8, std::cmp::Reverse<u32>) {
+pub(crate) fn removal_rank(d: &PlanDesktop) -> (u8, std::cmp::Reverse<u32>) {
     let rank = match d.state {
         DesktopState::Failed => 0,
         s if s.is_provisioning() => 1,
@@ -92,7 +94,7 @@ pub fn desired_size(target: u32, min_spare: u32, max_size: u32, claimed: u32) ->
 }
 
 /// [`desired_size`] for a planning pass: claimed desktops are those that count toward size.
-fn desired(input: &PlanInput<'_>) -> u32 {
+pub(crate) fn desired(input: &PlanInput<'_>) -> u32 {
     let claimed = input
         .desktops
         .iter()
@@ -183,6 +185,7 @@ mod tests {
             powered_on,
             claimed: false,
             destroy_given_up: false,
+            outdated: false,
         }
     }
 

@@ -135,6 +135,32 @@ pub struct PoolSpec {
     /// A disabled (paused) pool is neither grown nor shrunk.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// During an image rollout, at most this many desktops beyond the desired size (1..=256;
+    /// default the pool's `max_concurrent_clones`). A surge may pass `max_size` for the
+    /// rollout's duration only.
+    #[serde(default, deserialize_with = "crate::integral::option_u32")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 256))]
+    pub max_surge: Option<u32>,
+    /// During an image rollout, claimable desktops may drop this many below what the pool had
+    /// (default 0: an outdated desktop is destroyed only once its replacement is ready).
+    #[serde(default, deserialize_with = "crate::integral::u32")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 10000))]
+    pub max_unavailable: u32,
+    /// The first failed clone from a new image pauses the rollout (default true).
+    #[serde(default = "default_true")]
+    pub stop_on_error: bool,
+    /// What a rollout does with claimed outdated desktops: `wait` for their release (default)
+    /// or `force` their release after `force_after_secs`.
+    #[serde(default)]
+    pub logoff_policy: LogoffPolicy,
+    /// With `logoff_policy: "force"`: the grace, counted from the rollout's start (or the
+    /// claim, if later), after which a claimed outdated desktop is released (default 3600).
+    #[serde(
+        default = "default_force_after",
+        deserialize_with = "crate::integral::u32"
+    )]
+    #[cfg_attr(feature = "openapi", schema(maximum = 604800))]
+    pub force_after_secs: u32,
     /// Desktops kept ready and unclaimed on top of the claimed ones (0..=max_size): the
     /// pool's desired size is `min(max_size, max(target_size, claimed + min_spare))`.
     #[serde(default, deserialize_with = "crate::integral::u32")]
@@ -205,6 +231,31 @@ fn default_ready_timeout() -> u32 {
     DEFAULT_READY_TIMEOUT_SECS
 }
 
+/// What an image rollout does with claimed outdated desktops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum LogoffPolicy {
+    /// Replace a claimed outdated desktop only once its user releases it.
+    #[default]
+    Wait,
+    /// Release it by force after `force_after_secs`, then replace it.
+    Force,
+}
+
+impl LogoffPolicy {
+    /// The stable string form, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Wait => "wait",
+            Self::Force => "force",
+        }
+    }
+}
+
+/// Largest `force_after_secs` accepted (7 days, the longest claim lease).
+pub const MAX_FORCE_AFTER_SECS: u32 = 604_800;
+
 fn default_snapshot() -> String {
     "current".to_owned()
 }
@@ -213,6 +264,9 @@ fn default_true() -> bool {
 }
 fn default_concurrency() -> u32 {
     8
+}
+fn default_force_after() -> u32 {
+    3600
 }
 fn default_claim_lease() -> u32 {
     DEFAULT_CLAIM_LEASE_SECS
@@ -295,9 +349,15 @@ impl PoolSpec {
     }
 
     /// The highest index the pool can hand out: the max size plus room for desktops still
-    /// being deleted while their replacements are made.
+    /// being deleted while their replacements are made (and for a rollout's surge).
     pub fn max_index(&self) -> u32 {
         self.max_size.saturating_mul(2).max(1)
+    }
+
+    /// How many desktops a rollout may add beyond the desired size: `max_surge`, or
+    /// `max_concurrent_clones` when it is not set.
+    pub fn surge(&self) -> u32 {
+        self.max_surge.unwrap_or(self.max_concurrent_clones)
     }
 
     /// Checks every rule; the first broken one is returned.
@@ -372,6 +432,29 @@ impl PoolSpec {
                     "{} is outside 1..={MAX_READY_TIMEOUT_SECS} (seconds a powered-on desktop's guest may take to become usable)",
                     self.ready_timeout_secs
                 ),
+            ));
+        }
+        if let Some(surge) = self.max_surge {
+            if surge == 0 || surge > MAX_CONCURRENT_CLONES {
+                return Err(err(
+                    "max_surge",
+                    format!("must be between 1 and {MAX_CONCURRENT_CLONES} (absent: max_concurrent_clones)"),
+                ));
+            }
+        }
+        if self.max_unavailable > self.max_size {
+            return Err(err(
+                "max_unavailable",
+                format!(
+                    "{} is above max_size {}",
+                    self.max_unavailable, self.max_size
+                ),
+            ));
+        }
+        if self.force_after_secs > MAX_FORCE_AFTER_SECS {
+            return Err(err(
+                "force_after_secs",
+                format!("must be at most {MAX_FORCE_AFTER_SECS} (7 days)"),
             ));
         }
         let longest = naming.max_len(self.max_index());
@@ -471,6 +554,11 @@ pub(crate) mod tests {
             power_on: true,
             max_concurrent_clones: 8,
             enabled: true,
+            max_surge: None,
+            max_unavailable: 0,
+            stop_on_error: true,
+            logoff_policy: LogoffPolicy::Wait,
+            force_after_secs: 3600,
             min_spare: 0,
             claim_lease_secs: DEFAULT_CLAIM_LEASE_SECS,
             on_release: OnRelease::Delete,
@@ -515,6 +603,13 @@ pub(crate) mod tests {
             (
                 "naming_pattern",
                 Box::new(|s| s.naming_pattern = "engineering-{n:4}".into()),
+            ),
+            ("max_surge", Box::new(|s| s.max_surge = Some(0))),
+            ("max_surge", Box::new(|s| s.max_surge = Some(257))),
+            ("max_unavailable", Box::new(|s| s.max_unavailable = 51)),
+            (
+                "force_after_secs",
+                Box::new(|s| s.force_after_secs = 604_801),
             ),
             ("min_spare", Box::new(|s| s.min_spare = 51)),
             ("claim_lease_secs", Box::new(|s| s.claim_lease_secs = 59)),

@@ -173,6 +173,29 @@ string_enum!(
         VmInaccessible => "vm_inaccessible",
         /// A desktop's inaccessible VM is readable again.
         VmAccessible => "vm_accessible",
+        /// A pool was given a new image: its outdated desktops are being replaced.
+        RolloutStarted => "rollout_started",
+        /// A rollout paused at its first failed clone from the new image.
+        RolloutStopped => "rollout_stopped",
+        /// Every desktop of a pool is on its image: the rollout is over.
+        RolloutFinished => "rollout_finished",
+        /// A claimed outdated desktop was released by force after the rollout's grace.
+        ForcedRelease => "forced_release",
+    }
+);
+
+string_enum!(
+    /// Where a pool's image rollout stands.
+    RolloutState, "rollout state" {
+        /// No rollout has run since the pool was defined.
+        Idle => "idle",
+        /// Outdated desktops are being replaced by desktops on the pool's image.
+        Rolling => "rolling",
+        /// Paused at the first failed clone from the new image (`stop_on_error`); resumed by
+        /// `POST .../image/resume` or replaced by another image push.
+        Stopped => "stopped",
+        /// Every desktop is on the pool's image.
+        Done => "done",
     }
 );
 
@@ -190,6 +213,9 @@ mod tests {
         }
         for s in EventKind::ALL {
             assert_eq!(s.as_str().parse::<EventKind>().unwrap(), *s);
+        }
+        for s in RolloutState::ALL {
+            assert_eq!(s.as_str().parse::<RolloutState>().unwrap(), *s);
         }
     }
 

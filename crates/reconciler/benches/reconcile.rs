@@ -4,13 +4,15 @@
 //!
 //! ```text
 //! cargo bench -p deskpool-reconciler --bench reconcile              # all parts
-//! cargo bench -p deskpool-reconciler --bench reconcile -- fill      # or calls, idle, rss
+//! cargo bench -p deskpool-reconciler --bench reconcile -- fill      # or calls, idle, rollout, rss
 //! ```
 //!
 //! - `fill`: one pool of 200 at 8 clones in flight, clone latency 500 ms: elapsed / ideal.
 //! - `calls`: SOAP calls per desktop provisioned during that same fill.
 //! - `idle`: SOAP calls per minute with 100 and with 1,000 ready desktops, measured with a
 //!   short resync interval and extrapolated to the default (300 s).
+//! - `rollout`: a pool of 200 ready desktops at 8 clones in flight (clone latency 500 ms)
+//!   rolls to a new snapshot (max_surge 8, then 16; max_unavailable 0): elapsed / ceil(200/8) x L.
 //! - `rss`: peak RSS (VmHWM) of a process running the reconciler over 10,000 desktops. With
 //!   `all`, this part runs in a child process so the other parts do not count.
 //!
@@ -231,6 +233,11 @@ fn spec(name: &str, target: u32, max: u32, concurrency: u32) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: concurrency,
         enabled: true,
+        max_surge: None,
+        max_unavailable: 0,
+        stop_on_error: true,
+        logoff_policy: deskpool_domain::LogoffPolicy::Wait,
+        force_after_secs: 3600,
         min_spare: 0,
         claim_lease_secs: 86_400,
         on_release: deskpool_domain::OnRelease::Delete,
@@ -966,13 +973,126 @@ async fn rss() {
 
 // ---------------------------------------------------------------------------------------------
 
+/// Rolls a pool of 200 ready desktops to a new snapshot at C = 8 and prints the time against
+/// ceil(N/C) x L: every outdated desktop needs a clone from the new image, C at a time.
+async fn rollout() {
+    // max_surge = C (the default) bounds the new desktops not yet swapped in, power-on
+    // included; 2C lets the next clones start while the last ones power on.
+    for surge in [8, 16] {
+        rollout_case(surge).await;
+    }
+}
+
+async fn rollout_case(surge: u32) {
+    let (n, c) = (200u32, 8u32);
+    println!(
+        "\n== rollout: N = {n} ready desktops roll to a new snapshot, C = {c} (max_surge {surge}, max_unavailable 0), clone latency L = {} ms, power-on latency P = {} ms",
+        FILL_CLONE.as_millis(),
+        FILL_POWER.as_millis()
+    );
+    let pool = "roll";
+    let sim = Vcsim::start(VcsimOptions {
+        clone_delay: FILL_CLONE,
+        power_delay: FILL_POWER,
+        folders: vec![pool.into()],
+        snapshots: vec!["base".into(), "base/v2".into()],
+        ..Default::default()
+    })
+    .await;
+    let scratch = Scratch::create("rollout").await;
+    let cfg = ReconcilerConfig {
+        max_concurrent_per_vcenter: ReconcilerConfig::default().max_concurrent_per_vcenter,
+        ..bench_config("bench-rollout")
+    };
+    let r = Running::start(&scratch, &sim, cfg).await;
+    let mut s = spec(pool, n, n, c);
+    s.snapshot = "base".into();
+    s.max_surge = Some(surge);
+    let filling = Instant::now();
+    scratch.add_pool(&s).await;
+    let filled = scratch
+        .wait_ready(i64::from(n), Duration::from_millis(10), None)
+        .await;
+    let fill_time = filling.elapsed();
+    if !filled {
+        println!("  the pool did not fill: no rollout figure");
+        r.stop().await;
+        scratch.drop().await;
+        return;
+    }
+    let b = r
+        .status
+        .resolve_snapshot(&s, "base/v2")
+        .await
+        .expect("snapshot base/v2 resolves");
+    let t0 = Instant::now();
+    {
+        let mut tx = scratch.db.begin().await.unwrap();
+        let p = pools::get(&mut tx, pool).await.unwrap().unwrap();
+        pools::set_snapshot_selector(&mut tx, p.id, "base/v2")
+            .await
+            .unwrap();
+        pools::pin_image(&mut tx, p.id, &b).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut lowest_ready = i64::MAX;
+    let mut all_new_ready = None;
+    let done = loop {
+        let (ready, on_b, total): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'ready'),
+                    count(*) FILTER (WHERE state = 'ready' AND snapshot_moref = $1),
+                    count(*)
+             FROM desktops",
+        )
+        .bind(&b)
+        .fetch_one(&scratch.db)
+        .await
+        .unwrap();
+        lowest_ready = lowest_ready.min(ready);
+        if on_b >= i64::from(n) && all_new_ready.is_none() {
+            all_new_ready = Some(t0.elapsed());
+        }
+        if on_b == i64::from(n) && total == i64::from(n) {
+            break true;
+        }
+        if t0.elapsed() > PATIENCE {
+            println!(
+                "  gave up after {:.0} s: {on_b}/{n} on the new image, {total} rows",
+                PATIENCE.as_secs_f64()
+            );
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let elapsed = t0.elapsed();
+    r.stop().await;
+    scratch.drop().await;
+    let ideal = FILL_CLONE * n.div_ceil(c);
+    if done {
+        println!(
+            "  rolled {n} desktops in {:.2} s; ceil(N/C) x L = {:.2} s; ratio {:.3} (target <= 1.10); ready desktops never below {lowest_ready}",
+            secs(elapsed),
+            secs(ideal),
+            secs(elapsed) / secs(ideal)
+        );
+        if let Some(t) = all_new_ready {
+            println!(
+                "  {n} ready on the new image after {:.2} s (the rest is destroying the last old ones); the same pool's fill, same machine, just before: {:.2} s (rollout / fill {:.2})",
+                secs(t),
+                secs(fill_time),
+                secs(elapsed) / secs(fill_time)
+            );
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; parts are the other arguments.
     let parts: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let known = ["fill", "calls", "idle", "rss", "all"];
+    let known = ["fill", "calls", "idle", "rollout", "rss", "all"];
     if let Some(bad) = parts.iter().find(|p| !known.contains(&p.as_str())) {
         eprintln!("unknown part '{bad}': expected any of {}", known.join(", "));
         std::process::exit(2);
@@ -1001,6 +1121,9 @@ fn main() {
         }
         if want("idle") {
             idle().await;
+        }
+        if want("rollout") {
+            rollout().await;
         }
     });
     if want("rss") {

@@ -22,6 +22,7 @@ mod leases;
 mod policy;
 mod readiness;
 mod reconcile;
+mod rollout;
 mod scheduler;
 mod sources;
 mod status;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::Error;
-pub use status::{Leadership, StatusHandle};
+pub use status::{Leadership, SnapshotError, StatusHandle};
 use tokio_util::sync::CancellationToken;
 pub use vcenter::VcenterStatus;
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deskpool_domain::{
-    desired_size, plan, DesktopState, EventKind, PlanDesktop, PlanInput, PoolState,
+    desired_size, plan_with_rollout, DesktopState, EventKind, PlanDesktop, PlanInput, PoolState,
+    RolloutLimits, RolloutState,
 };
 use deskpool_store::desktops::{self, Desktop, NewDesktop};
 use deskpool_store::pools::{self, Pool};
@@ -24,6 +25,7 @@ use crate::inventory::{self, Inventory, ResolveError};
 use crate::leases;
 use crate::policy::error_policy;
 use crate::readiness;
+use crate::rollout;
 use crate::scheduler::{Action, Inputs};
 use crate::steps;
 use crate::Error;
@@ -118,11 +120,20 @@ async fn pass(
         ctx.scheduler.apply(&name, Action::RequeueAfter(deadline));
     }
 
+    let mut pool = pool;
+    if !deleting {
+        rollout::advance(ctx, &mut pool, &rows).await?;
+        rollout::force_releases(ctx, &pool, &mut rows).await?;
+    }
+    let rolling = !deleting && pool.rollout.state == RolloutState::Rolling;
+    let outdated = rollout::outdated(&pool, &rows);
     let counted = rows.iter().filter(|d| d.state.counts_toward_size()).count() as u32;
     let desired = desired_for(&pool, &rows);
     let active = !deleting && pool.spec.enabled && pool.state == PoolState::Ok;
     let backing_off = ctx.scheduler.backoff_until(&name).is_some();
-    let wants_clones = counted < desired || rows.iter().any(|d| d.state == DesktopState::Pending);
+    let wants_clones = counted < desired
+        || rows.iter().any(|d| d.state == DesktopState::Pending)
+        || (rolling && !outdated.is_empty());
     let mut problem = None;
     let inventory = if active && wants_clones && !backing_off {
         let cache_key = (
@@ -134,11 +145,11 @@ async fn pass(
             None => match inventory::resolve(&client, &pool.spec).await {
                 Ok(inv) => {
                     let inv = Arc::new(inv);
-                    if pool.snapshot_moref.as_deref() != Some(inv.snapshot.value.as_str()) {
-                        let mut tx = ctx.begin().await?;
-                        pools::set_snapshot_moref(&mut tx, pool.id, &inv.snapshot.value).await?;
-                        tx.commit().await?;
-                        tracing::info!(pool = %name, snapshot = %inv.snapshot, selector = %pool.spec.snapshot, "snapshot resolved");
+                    if pool.snapshot_moref.is_none() {
+                        // Not pinned yet (a new pool, or a spec change the API did not
+                        // resolve): pin what the selector names now.
+                        rollout::pin(ctx, &mut pool, &inv.snapshot.value).await?;
+                        tracing::info!(pool = %name, snapshot = %inv.snapshot, selector = %pool.spec.snapshot, "snapshot resolved and pinned");
                     }
                     ctx.store_inventory(&name, cache_key, Arc::clone(&inv));
                     Some(inv)
@@ -158,6 +169,8 @@ async fn pass(
     } else {
         None
     };
+    // Clones are made from the pool's pinned image, whatever the selector names today.
+    let inventory = inventory.map(|inv| rollout::on_pinned_image(inv, &pool));
 
     let views: Vec<PlanDesktop> = rows
         .iter()
@@ -168,21 +181,29 @@ async fn pass(
             powered_on: d.powered_on,
             claimed: d.claimed_by.is_some(),
             destroy_given_up: d.destroy_given_up_at.is_some(),
+            outdated: outdated.contains(&d.id),
         })
         .collect();
     let global_slots = vc.permits.available_permits() as u32;
-    let planned = plan(&PlanInput {
-        target: if deleting { 0 } else { pool.spec.target_size },
-        min_spare: if deleting { 0 } else { pool.spec.min_spare },
-        max_size: pool.spec.max_size,
-        may_create: inventory.is_some(),
-        may_delete: deleting || pool.spec.enabled,
-        max_concurrent: pool.spec.max_concurrent_clones,
-        queue_ahead: queue_ahead(&pool),
-        global_slots,
-        max_index: pool.spec.max_index(),
-        desktops: &views,
+    let rollout_limits = (rolling && !deleting).then(|| RolloutLimits {
+        max_surge: pool.spec.surge(),
+        max_unavailable: pool.spec.max_unavailable,
     });
+    let planned = plan_with_rollout(
+        &PlanInput {
+            target: if deleting { 0 } else { pool.spec.target_size },
+            min_spare: if deleting { 0 } else { pool.spec.min_spare },
+            max_size: pool.spec.max_size,
+            may_create: inventory.is_some(),
+            may_delete: deleting || pool.spec.enabled,
+            max_concurrent: pool.spec.max_concurrent_clones,
+            queue_ahead: queue_ahead(&pool),
+            global_slots,
+            max_index: pool.spec.max_index(),
+            desktops: &views,
+        },
+        rollout_limits,
+    );
     let created = planned.create.len() as u32;
     let gate = ctx.clone_gate(pool.id, pool.spec.max_concurrent_clones);
     // Desktops waiting at the gate read their rows again when the pool stops provisioning
@@ -345,6 +366,15 @@ async fn record_plan(
                 format!(
                     "it failed ({})",
                     d.last_error.as_deref().unwrap_or("no detail")
+                )
+            } else if pool.rollout.state == RolloutState::Rolling
+                && d.snapshot_moref.is_some()
+                && d.snapshot_moref != pool.snapshot_moref
+            {
+                format!(
+                    "rolling out image {}: it is on {}",
+                    pool.snapshot_moref.as_deref().unwrap_or("?"),
+                    d.snapshot_moref.as_deref().unwrap_or("?")
                 )
             } else {
                 format!("scaling down to {}", desired_for(pool, rows))

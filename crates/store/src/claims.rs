@@ -54,7 +54,9 @@ pub async fn claim(
              SELECT id FROM desktops
               WHERE pool_id = $1 AND state = 'ready' AND claimed_by IS NULL
                 AND NOT EXISTS (SELECT 1 FROM held)
-              ORDER BY idx
+              -- During an image rollout, desktops on the pool's image are handed out first.
+              ORDER BY snapshot_moref IS NOT DISTINCT FROM
+                           (SELECT snapshot_moref FROM pools WHERE id = $1) DESC, idx
               LIMIT 1
               FOR UPDATE SKIP LOCKED
          ), taken AS (

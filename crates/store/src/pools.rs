@@ -1,7 +1,9 @@
 //! Pools: the admin's spec plus the reconciler's status.
 
 use chrono::{DateTime, Utc};
-use deskpool_domain::{GuestOs, OnRelease, PoolSpec, PoolState, ReadyWhen};
+use deskpool_domain::{
+    GuestOs, LogoffPolicy, OnRelease, PoolSpec, PoolState, ReadyWhen, RolloutState,
+};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -20,14 +22,32 @@ pub struct Pool {
     pub last_error: Option<String>,
     /// Clone failures in a row (reset by a success).
     pub consecutive_failures: u32,
-    /// The snapshot moref `spec.snapshot` last resolved to.
+    /// The pool's image: the snapshot moref `spec.snapshot` was resolved to and pinned at
+    /// (later snapshots of the golden VM do not move it; a new image push does).
     pub snapshot_moref: Option<String>,
+    /// The pool's image rollout.
+    pub rollout: Rollout,
     /// Bumped on every spec change; the API's ETag.
     pub version: i64,
     /// When the pool was defined.
     pub created_at: DateTime<Utc>,
     /// Last change of spec or status.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A pool's image rollout, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// Where it stands.
+    pub state: RolloutState,
+    /// The image (snapshot moref) the pool had before.
+    pub from: Option<String>,
+    /// The image it rolls to (the pool's pinned `snapshot_moref`).
+    pub to: Option<String>,
+    /// When the image was pushed.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Why it stopped (the failed clone's fault).
+    pub last_error: Option<String>,
 }
 
 /// Desktop counts of one pool, by lifecycle bucket.
@@ -103,6 +123,16 @@ struct PoolRow {
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    max_surge: Option<i32>,
+    max_unavailable: i32,
+    stop_on_error: bool,
+    logoff_policy: String,
+    force_after_secs: i32,
+    rollout_state: String,
+    rollout_from: Option<String>,
+    rollout_to: Option<String>,
+    rollout_started_at: Option<DateTime<Utc>>,
+    rollout_last_error: Option<String>,
 }
 
 impl TryFrom<PoolRow> for Pool {
@@ -136,6 +166,20 @@ impl TryFrom<PoolRow> for Pool {
         let ready_when = ReadyWhen::parse(&r.ready_when).ok_or_else(|| {
             StoreError::Corrupt(format!("pool {}: ready_when '{}'", r.name, r.ready_when))
         })?;
+        let rollout_state = r
+            .rollout_state
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("pool {}: {e}", r.name)))?;
+        let logoff_policy = match r.logoff_policy.as_str() {
+            "wait" => LogoffPolicy::Wait,
+            "force" => LogoffPolicy::Force,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "pool {}: logoff_policy '{other}'",
+                    r.name
+                )))
+            }
+        };
         Ok(Pool {
             id: r.id,
             spec: PoolSpec {
@@ -156,6 +200,11 @@ impl TryFrom<PoolRow> for Pool {
                 power_on: r.power_on,
                 max_concurrent_clones: to_u32(r.max_concurrent_clones),
                 enabled: r.enabled,
+                max_surge: r.max_surge.map(to_u32),
+                max_unavailable: to_u32(r.max_unavailable),
+                stop_on_error: r.stop_on_error,
+                logoff_policy,
+                force_after_secs: to_u32(r.force_after_secs),
                 min_spare: to_u32(r.min_spare),
                 claim_lease_secs: to_u32(r.claim_lease_secs),
                 on_release,
@@ -166,6 +215,13 @@ impl TryFrom<PoolRow> for Pool {
             last_error: r.last_error,
             consecutive_failures: to_u32(r.consecutive_failures),
             snapshot_moref: r.snapshot_moref,
+            rollout: Rollout {
+                state: rollout_state,
+                from: r.rollout_from,
+                to: r.rollout_to,
+                started_at: r.rollout_started_at,
+                last_error: r.rollout_last_error,
+            },
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -231,7 +287,30 @@ pub async fn insert(conn: &mut PgConnection, spec: &PoolSpec) -> Result<Pool, St
     )
     .bind(Uuid::new_v4())
     .bind(&spec.name);
-    let row: PoolRow = bind_spec(query, spec).fetch_one(conn).await?;
+    let row: PoolRow = bind_spec(query, spec).fetch_one(&mut *conn).await?;
+    write_rollout_spec(conn, row.id, spec).await
+}
+
+/// Writes the spec's rollout fields (`max_surge` .. `force_after_secs`) of pool `id`, in a
+/// statement of their own so the spec's main statements stay as they are.
+async fn write_rollout_spec(
+    conn: &mut PgConnection,
+    id: Uuid,
+    spec: &PoolSpec,
+) -> Result<Pool, StoreError> {
+    let row: PoolRow = sqlx::query_as(
+        "UPDATE pools SET max_surge = $2, max_unavailable = $3, stop_on_error = $4,
+             logoff_policy = $5, force_after_secs = $6
+         WHERE id = $1 RETURNING *",
+    )
+    .bind(id)
+    .bind(spec.max_surge.map(to_i32))
+    .bind(to_i32(spec.max_unavailable))
+    .bind(spec.stop_on_error)
+    .bind(spec.logoff_policy.as_str())
+    .bind(to_i32(spec.force_after_secs))
+    .fetch_one(conn)
+    .await?;
     row.try_into()
 }
 
@@ -369,8 +448,8 @@ pub async fn update_spec(
          WHERE name = $1 RETURNING *",
     )
     .bind(name);
-    let row: PoolRow = bind_spec(query, spec).fetch_one(conn).await?;
-    row.try_into()
+    let row: PoolRow = bind_spec(query, spec).fetch_one(&mut *conn).await?;
+    write_rollout_spec(conn, row.id, spec).await
 }
 
 /// Sets the target size (the database re-checks `min_size <= target <= max_size`).
@@ -581,4 +660,185 @@ pub async fn set_note(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// What pinning an image did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinned {
+    /// The pool was already on that image: nothing changed.
+    Unchanged,
+    /// The pool now has that image; none of its desktops is on another one.
+    Pinned,
+    /// The pool now has that image and desktops on another: a rollout started.
+    RolloutStarted {
+        /// The image the outdated desktops are on (the previous pin, or the most common one).
+        from: Option<String>,
+        /// The new image.
+        to: String,
+    },
+}
+
+/// Pins pool `id` to the image (snapshot moref) `moref`. When any of its desktops (ready or
+/// provisioning) is on another image, a rollout starts (`rolling`, from the previous image,
+/// its fault cleared); otherwise a rollout in progress is over (`done`). Pinning the image
+/// the pool already has changes nothing.
+pub async fn pin_image(
+    conn: &mut PgConnection,
+    id: Uuid,
+    moref: &str,
+) -> Result<Pinned, StoreError> {
+    let (previous,): (Option<String>,) =
+        sqlx::query_as("SELECT snapshot_moref FROM pools WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if previous.as_deref() == Some(moref) {
+        return Ok(Pinned::Unchanged);
+    }
+    let other: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT snapshot_moref FROM desktops
+         WHERE pool_id = $1 AND state NOT IN ('failed', 'deleting')
+           AND snapshot_moref IS DISTINCT FROM $2
+         GROUP BY snapshot_moref ORDER BY count(*) DESC, snapshot_moref LIMIT 1",
+    )
+    .bind(id)
+    .bind(moref)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match other {
+        Some((most_common,)) => {
+            let from = previous.or(most_common);
+            sqlx::query(
+                "UPDATE pools SET snapshot_moref = $2, rollout_state = 'rolling',
+                     rollout_from = $3, rollout_to = $2, rollout_started_at = now(),
+                     rollout_last_error = NULL, updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(moref)
+            .bind(&from)
+            .execute(conn)
+            .await?;
+            Ok(Pinned::RolloutStarted {
+                from,
+                to: moref.to_owned(),
+            })
+        }
+        None => {
+            sqlx::query(
+                "UPDATE pools SET snapshot_moref = $2,
+                     rollout_state = CASE WHEN rollout_state = 'idle' THEN 'idle' ELSE 'done' END,
+                     rollout_to = CASE WHEN rollout_state = 'idle' THEN NULL ELSE $2 END,
+                     rollout_last_error = NULL, updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(moref)
+            .execute(conn)
+            .await?;
+            Ok(Pinned::Pinned)
+        }
+    }
+}
+
+/// Ends or pauses the rolling rollout of pool `id` toward `to` (`done`, or `stopped` with
+/// `fault`). Returns false when the pool is no longer rolling toward `to` (another image was
+/// pushed meanwhile), and then changes nothing.
+pub async fn set_rollout_outcome(
+    conn: &mut PgConnection,
+    id: Uuid,
+    to: &str,
+    state: RolloutState,
+    fault: Option<&str>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE pools SET rollout_state = $3, rollout_last_error = $4, updated_at = now()
+         WHERE id = $1 AND rollout_state = 'rolling' AND rollout_to = $2",
+    )
+    .bind(id)
+    .bind(to)
+    .bind(state.as_str())
+    .bind(fault)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Continues the stopped rollout of pool `name` (`stopped` -> `rolling`, fault cleared); like
+/// a pool resume it also clears the pool's `error` or `stopped` the failed clone caused.
+/// Returns None when its rollout is not stopped.
+pub async fn resume_rollout(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<Pool>, StoreError> {
+    let row: Option<PoolRow> = sqlx::query_as(
+        "UPDATE pools SET rollout_state = 'rolling', rollout_last_error = NULL,
+             state = CASE WHEN state IN ('error', 'stopped') THEN 'ok' ELSE state END,
+             last_error = CASE WHEN state IN ('error', 'stopped') THEN NULL ELSE last_error END,
+             consecutive_failures = 0, version = version + 1, updated_at = now()
+         WHERE name = $1 AND rollout_state = 'stopped' RETURNING *",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Pool::try_from).transpose()
+}
+
+/// Sets pool `name`'s snapshot selector (`current` or a path) as an image push does, keeping
+/// the rest of the spec; bumps the version. The caller pins the resolved moref with
+/// [`pin_image`] in the same transaction.
+pub async fn set_snapshot_selector(
+    conn: &mut PgConnection,
+    id: Uuid,
+    selector: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE pools SET snapshot = $2, version = version + 1, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(selector)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How many counted desktops (provisioning or ready) of one pool are on each image, most
+/// first; a desktop with no recorded image counts under None.
+pub async fn image_counts(
+    conn: &mut PgConnection,
+    pool: Uuid,
+) -> Result<Vec<(Option<String>, u32)>, StoreError> {
+    let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT snapshot_moref, count(*) FROM desktops
+         WHERE pool_id = $1 AND state NOT IN ('failed', 'deleting')
+         GROUP BY snapshot_moref ORDER BY count(*) DESC, snapshot_moref",
+    )
+    .bind(pool)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(m, n)| (m, u32::try_from(n).unwrap_or(u32::MAX)))
+        .collect())
+}
+
+/// [`image_counts`] for every pool that has desktops, keyed by pool id.
+pub async fn image_counts_all(
+    conn: &mut PgConnection,
+) -> Result<std::collections::HashMap<Uuid, Vec<(Option<String>, u32)>>, StoreError> {
+    let rows: Vec<(Uuid, Option<String>, i64)> = sqlx::query_as(
+        "SELECT pool_id, snapshot_moref, count(*) FROM desktops
+         WHERE state NOT IN ('failed', 'deleting')
+         GROUP BY pool_id, snapshot_moref ORDER BY pool_id, count(*) DESC, snapshot_moref",
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out: std::collections::HashMap<Uuid, Vec<(Option<String>, u32)>> =
+        std::collections::HashMap::new();
+    for (pool, m, n) in rows {
+        out.entry(pool)
+            .or_default()
+            .push((m, u32::try_from(n).unwrap_or(u32::MAX)));
+    }
+    Ok(out)
 }

@@ -30,6 +30,11 @@ fn spec(name: &str) -> PoolSpec {
         power_on: true,
         max_concurrent_clones: 8,
         enabled: true,
+        max_surge: None,
+        max_unavailable: 0,
+        stop_on_error: true,
+        logoff_policy: deskpool_domain::LogoffPolicy::Wait,
+        force_after_secs: 3600,
         min_spare: 0,
         claim_lease_secs: 86_400,
         on_release: deskpool_domain::OnRelease::Delete,
@@ -982,4 +987,92 @@ async fn spare_and_lease_settings_round_trip(db: PgPool) {
     );
     assert!(pools::lock_shared(&mut c, "lab").await.unwrap().is_some());
     assert!(pools::lock_shared(&mut c, "nope").await.unwrap().is_none());
+}
+
+/// Image pins (#11): a pin with desktops on another image starts a rollout from the previous
+/// pin; pinning the same image changes nothing; a stopped rollout resumes; a pin nothing is
+/// outdated against ends it; the rollout spec fields round-trip.
+#[sqlx::test(migrator = "deskpool_store::MIGRATOR")]
+async fn image_pins_start_stop_and_end_rollouts(db: PgPool) {
+    let mut c = db.acquire().await.unwrap();
+    let mut s = spec("lab");
+    s.max_surge = Some(3);
+    s.max_unavailable = 1;
+    s.stop_on_error = false;
+    s.logoff_policy = deskpool_domain::LogoffPolicy::Force;
+    s.force_after_secs = 120;
+    let p = pools::insert(&mut c, &s).await.unwrap();
+    assert_eq!(p.spec, s);
+    assert_eq!(p.rollout.state, deskpool_domain::RolloutState::Idle);
+    assert_eq!(
+        pools::pin_image(&mut c, p.id, "snap-a").await.unwrap(),
+        pools::Pinned::Pinned
+    );
+    desktops::insert_pending(
+        &mut c,
+        &NewDesktop {
+            pool_id: p.id,
+            name: "lab-001",
+            index: 1,
+            instance_uuid: Uuid::new_v4(),
+            snapshot_moref: "snap-a",
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pools::pin_image(&mut c, p.id, "snap-a").await.unwrap(),
+        pools::Pinned::Unchanged
+    );
+    assert_eq!(
+        pools::pin_image(&mut c, p.id, "snap-b").await.unwrap(),
+        pools::Pinned::RolloutStarted {
+            from: Some("snap-a".into()),
+            to: "snap-b".into()
+        }
+    );
+    let counts = pools::image_counts(&mut c, p.id).await.unwrap();
+    assert_eq!(counts, vec![(Some("snap-a".to_owned()), 1)]);
+    // Stopped only while still rolling toward that image.
+    assert!(!pools::set_rollout_outcome(
+        &mut c,
+        p.id,
+        "snap-x",
+        deskpool_domain::RolloutState::Stopped,
+        Some("f")
+    )
+    .await
+    .unwrap());
+    assert!(pools::set_rollout_outcome(
+        &mut c,
+        p.id,
+        "snap-b",
+        deskpool_domain::RolloutState::Stopped,
+        Some("f")
+    )
+    .await
+    .unwrap());
+    let stopped = pools::get(&mut c, "lab").await.unwrap().unwrap();
+    assert_eq!(
+        stopped.rollout.state,
+        deskpool_domain::RolloutState::Stopped
+    );
+    assert_eq!(stopped.rollout.last_error.as_deref(), Some("f"));
+    let resumed = pools::resume_rollout(&mut c, "lab").await.unwrap().unwrap();
+    assert_eq!(
+        resumed.rollout.state,
+        deskpool_domain::RolloutState::Rolling
+    );
+    assert!(pools::resume_rollout(&mut c, "lab")
+        .await
+        .unwrap()
+        .is_none());
+    // Rolled back to the image every desktop is on: nothing is outdated, the rollout is over.
+    assert_eq!(
+        pools::pin_image(&mut c, p.id, "snap-a").await.unwrap(),
+        pools::Pinned::Pinned
+    );
+    let back = pools::get(&mut c, "lab").await.unwrap().unwrap();
+    assert_eq!(back.rollout.state, deskpool_domain::RolloutState::Done);
+    assert_eq!(back.snapshot_moref.as_deref(), Some("snap-a"));
 }

@@ -39,6 +39,27 @@ pub struct Ctx {
     pub viewer: String,
 }
 
+/// These tests run without a vCenter: a snapshot never resolves (image pushes are tested
+/// against the simulator in the daemon tests).
+pub struct NoVcenter;
+
+impl deskpool_api::Images for NoVcenter {
+    fn resolve<'a>(
+        &'a self,
+        spec: &'a deskpool_domain::PoolSpec,
+        _selector: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<String, deskpool_api::ImageError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            Err(deskpool_api::ImageError::Unavailable(format!(
+                "no vCenter '{}' in these tests",
+                spec.vcenter
+            )))
+        })
+    }
+}
+
 pub fn healthy() -> HealthSnapshot {
     HealthSnapshot {
         role: ReplicaRole::Leader,
@@ -57,6 +78,7 @@ pub fn router_for(db: PgPool, health: Arc<FixedHealth>) -> Router {
         health,
         metrics: deskpool_api::install_metrics_recorder(),
         max_body_bytes: MAX_BODY,
+        images: Arc::new(NoVcenter),
         limits: deskpool_api::RequestLimits::default(),
     })
 }

@@ -16,6 +16,7 @@ fn limited_router(db: PgPool, limits: RequestLimits) -> axum::Router {
         health: std::sync::Arc::new(FixedHealth(std::sync::Mutex::new(common::healthy()))),
         metrics: deskpool_api::install_metrics_recorder(),
         max_body_bytes: MAX_BODY,
+        images: std::sync::Arc::new(common::NoVcenter),
         limits,
     })
 }

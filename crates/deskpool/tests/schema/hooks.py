@@ -7,8 +7,12 @@ import schemathesis
 # `min_spare <= max_size` is one such rule; `vcenter` must name a configured connection, which
 # the schema cannot list.
 CROSS_FIELD = {
-    "POST /api/v1/pools": {"target_size", "min_size", "naming_pattern", "min_spare", "vcenter"},
-    "PUT /api/v1/pools/{name}": {"target_size", "min_size", "naming_pattern", "name", "min_spare", "vcenter"},
+    "POST /api/v1/pools": {"target_size", "min_size", "naming_pattern", "min_spare", "vcenter", "max_unavailable"},
+    # `max_unavailable <= max_size`; a changed `snapshot` is resolved in vCenter (422 when the
+    # golden VM has no such snapshot).
+    "PUT /api/v1/pools/{name}": {"target_size", "min_size", "naming_pattern", "name", "min_spare", "vcenter", "max_unavailable", "snapshot"},
+    # The snapshot must exist on the golden VM, which the schema cannot know.
+    "POST /api/v1/pools/{name}/image": {"snapshot"},
     "PATCH /api/v1/pools/{name}": {"target_size", "min_spare"},
 }
 # As for every other operation: what schema-valid data may get.
