@@ -65,7 +65,9 @@ async fn schemathesis_finds_no_request_the_schema_allows_but_the_server_mishandl
         .arg(&config)
         .args(["run", "--checks", "all", "--max-examples", "25", "--seed"])
         .arg(&seed)
-        .args(["--workers", "2", "--no-color"])
+        // One worker: hypothesis's internals are not thread-safe (a run with two hit "AST
+        // constructor recursion depth mismatch" in its lambda descriptions).
+        .args(["--workers", "1", "--no-color"])
         .arg(format!("{url}/openapi.json"))
         .env("DESKPOOL_ST_TOKEN", &admin)
         .env("PYTHONPATH", &here)
