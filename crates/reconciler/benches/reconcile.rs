@@ -22,7 +22,7 @@
 //! `DESKPOOL_BENCH_IDLE_WINDOW_SECS` (default 90), `DESKPOOL_BENCH_RSS_RESYNC_SECS`
 //! (default 30), `DESKPOOL_VCSIM_BIN` (prebuilt simulator).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -1026,6 +1026,7 @@ async fn rollout_case(surge: u32) {
         .await
         .expect("snapshot base/v2 resolves");
     let t0 = Instant::now();
+    let t0_unix_us = unix_us();
     {
         let mut tx = scratch.db.begin().await.unwrap();
         let p = pools::get(&mut tx, pool).await.unwrap().unwrap();
@@ -1066,6 +1067,9 @@ async fn rollout_case(surge: u32) {
     };
     let elapsed = t0.elapsed();
     r.stop().await;
+    if done {
+        rollout_phases(&scratch, &sim, t0_unix_us).await;
+    }
     scratch.drop().await;
     let ideal = FILL_CLONE * n.div_ceil(c);
     if done {
@@ -1084,6 +1088,101 @@ async fn rollout_case(surge: u32) {
             );
         }
     }
+}
+
+/// Where a rollout's time went, per new desktop, from timestamps on one clock (the
+/// simulator's clone timeline, PostgreSQL's event times): row written -> CloneVM_Task
+/// received (waiting for a clone place), the clone, clone end -> `booting` (power-on),
+/// `booting` -> `ready` (readiness), and per old desktop `deleting` -> destroyed; plus how
+/// the whole span divides between clone waves and the rest.
+async fn rollout_phases(scratch: &Scratch, sim: &Vcsim, t0_us: i64) {
+    let clones: HashMap<String, CloneRecord> = sim
+        .clones()
+        .await
+        .into_iter()
+        .filter(|c| c.received_us >= t0_us)
+        .map(|c| (c.name.clone(), c))
+        .collect();
+    let us = |t: chrono::DateTime<chrono::Utc>| t.timestamp_micros();
+    let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT desktop, kind, at FROM events
+         WHERE desktop IS NOT NULL AND at >= to_timestamp($1::float8 / 1e6)
+         ORDER BY id",
+    )
+    .bind(t0_us as f64)
+    .fetch_all(&scratch.db)
+    .await
+    .unwrap();
+    let mut by_desktop: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    for (d, kind, at) in rows {
+        by_desktop
+            .entry(d)
+            .or_default()
+            .entry(kind)
+            .or_insert(us(at));
+    }
+    let (mut wait, mut clone, mut power, mut ready, mut destroy) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let ms = |a: i64, b: i64| (b - a) as f64 / 1000.0;
+    let created: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT name, created_at FROM desktops")
+            .fetch_all(&scratch.db)
+            .await
+            .unwrap();
+    for (name, at) in created {
+        let Some(c) = clones.get(&name) else { continue };
+        wait.push(ms(us(at), c.received_us));
+        clone.push(ms(c.received_us, c.done_us));
+        let ev = by_desktop.get(&name);
+        let booting = ev.and_then(|e| e.get("desktop_booting")).copied();
+        let readied = ev.and_then(|e| e.get("desktop_ready")).copied();
+        if let Some(b) = booting {
+            power.push(ms(c.done_us, b));
+            if let Some(r) = readied {
+                ready.push(ms(b, r));
+            }
+        }
+    }
+    for e in by_desktop.values() {
+        if let (Some(a), Some(b)) = (e.get("desktop_deleting"), e.get("desktop_destroyed")) {
+            destroy.push(ms(*a, *b));
+        }
+    }
+    println!(
+        "  per new desktop: row written -> CloneVM_Task received {}",
+        summary_ms(&wait)
+    );
+    println!("  per new desktop: clone task {}", summary_ms(&clone));
+    println!(
+        "  per new desktop: clone end -> booting (power-on) {}",
+        summary_ms(&power)
+    );
+    println!("  per new desktop: booting -> ready {}", summary_ms(&ready));
+    println!(
+        "  per old desktop: deleting -> destroyed {}",
+        summary_ms(&destroy)
+    );
+    let mut in_flight_us = 0i64;
+    let mut spans: Vec<(i64, i64)> = clones.values().map(|c| (c.received_us, 1)).collect();
+    spans.extend(clones.values().map(|c| (c.done_us, -1)));
+    spans.sort_unstable();
+    let (mut level, mut last, mut idle_below_c) = (0i64, t0_us, 0i64);
+    let c = clones.len().min(8) as i64;
+    for (t, step) in spans {
+        if level > 0 {
+            in_flight_us += (t - last) * level;
+        }
+        if level < c {
+            idle_below_c += t - last;
+        }
+        level += step;
+        last = t;
+    }
+    println!(
+        "  clone slots: {:.1} clone-seconds in flight over the span; time with fewer than {c} clones in flight {:.2} s",
+        in_flight_us as f64 / 1e6,
+        idle_below_c as f64 / 1e6
+    );
 }
 
 fn main() {
