@@ -64,6 +64,20 @@ if ! grep -q 'NewTicker(WaitForUpdatesTick)' "$overlay/property_collector.go"; t
 	echo "build.sh: $pc_src does not have the 250 ms WaitForUpdatesEx tick this patch expects (govmomi 0.24.2)" >&2
 	exit 1
 fi
+# It also re-collects every filter's whole state (a RetrieveProperties over, say, a container
+# view of every VM) once per filter per pending update: an answer carrying U changes costs
+# F x U full collects, so with a few hundred VMs a waiting watch is answered hundreds of ms
+# late (a real vCenter sends the changes it has). The patch collects once per answer: that
+# finds every object that entered a view; the changes themselves are matched as before.
+perl -0pi -e '
+	s{(\t\t\tfor _, f := range pc\.Filter \{\n\t\t\t\tfilter := ctx\.Session\.Get\(f\))}{\t\t\tif !apply() { // once per answer (deskpool patch)\n\t\t\t\treturn body\n\t\t\t}\n$1};
+	s{case types\.ObjectUpdateKindEnter: // Create\n\t+if !apply\(\) \{\n\t+return body\n\t+\}\n}{case types.ObjectUpdateKindEnter: // Create: collected above\n};
+	s{\t+if !apply\(\) \{ // An update may apply to collector traversal specs\n\t+return body\n\t+\}\n}{};
+' "$overlay/property_collector.go"
+if [[ "$(grep -c 'if !apply()' "$overlay/property_collector.go")" != 1 ]] || ! grep -q 'once per answer (deskpool patch)' "$overlay/property_collector.go"; then
+	echo "build.sh: $pc_src does not have the per-update apply() of WaitForUpdatesEx this patch expects (govmomi 0.24.2)" >&2
+	exit 1
+fi
 cat >>"$overlay/property_collector.go" <<'GO'
 
 // WaitForUpdatesTick is how often WaitForUpdatesEx looks for updates (added by deskpool's
