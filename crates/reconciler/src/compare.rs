@@ -31,6 +31,19 @@ async fn record(
     Ok(())
 }
 
+/// The row whose VM `moref` names now. After a vCenter restart morefs are reused for other
+/// objects, so rows made before it may still name a moref that is now another desktop's VM:
+/// the newest row naming it is the VM's owner (the older ones' VMs are gone or were
+/// registered again under other morefs; the sweep, which matches by instance UUID, sorts
+/// them out).
+fn row_of_vm(rows: &[Desktop], moref: &str) -> Option<usize> {
+    rows.iter()
+        .enumerate()
+        .filter(|(_, d)| d.vm_moref.as_deref() == Some(moref))
+        .max_by_key(|(_, d)| d.created_at)
+        .map(|(i, _)| i)
+}
+
 /// Records that vCenter can (not) read the VM of `rows[i]`, with an event, when that changed.
 /// An inaccessible desktop is kept as it is: not failed, not replaced, its VM not destroyed.
 async fn set_inaccessible(
@@ -107,10 +120,7 @@ pub(crate) async fn apply_vm_events(
 ) -> Result<(), Error> {
     let mut later = Vec::new();
     for e in events {
-        let Some(i) = rows
-            .iter()
-            .position(|d| d.vm_moref.as_deref() == Some(e.vm.value.as_str()))
-        else {
+        let Some(i) = row_of_vm(rows, &e.vm.value) else {
             continue;
         };
         let d = &rows[i];
@@ -174,10 +184,7 @@ pub(crate) async fn resync(
     for vm in vms {
         if vm.inaccessible {
             // Routed here by moref (see `sources::judge_vms`): the desktop is kept as it is.
-            let Some(i) = rows
-                .iter()
-                .position(|d| d.vm_moref.as_deref() == Some(vm.moref.value.as_str()))
-            else {
+            let Some(i) = row_of_vm(rows, &vm.moref.value) else {
                 continue;
             };
             seen.insert(rows[i].id);

@@ -371,6 +371,9 @@ impl Provision<'_> {
                             // So that the VM watch reports it gone even if it vanishes before
                             // the watch has seen it.
                             self.vc.expect_vm(vm_ref(vm));
+                            if n.state == DesktopState::Booting {
+                                self.vc.await_guest(vm_ref(vm));
+                            }
                         }
                     }
                     d = n;

@@ -67,6 +67,14 @@ impl Vcenter {
         }
     }
 
+    /// Tells the VM watch that a desktop's guest is awaited (it was just powered on), so the
+    /// watch reports the guest's address as soon as it has one.
+    pub(crate) fn await_guest(&self, vm: MoRef) {
+        if let Some(e) = &*self.vm_expect.lock().unwrap_or_else(|e| e.into_inner()) {
+            e.await_guest(vm);
+        }
+    }
+
     /// The client, once the first login succeeded (it logs in again by itself afterwards).
     pub(crate) fn client(&self) -> Option<Client> {
         self.client
