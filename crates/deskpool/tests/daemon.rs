@@ -11,7 +11,7 @@ use std::time::Duration;
 use deskpool_domain::DesktopState;
 use deskpool_testkit::proxy::Proxy;
 use deskpool_testkit::vcsim::{Vcsim, VcsimOptions};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
@@ -266,16 +266,9 @@ async fn kill_9_at_random_moments_converges_exactly(
     let sim = Vcsim::start(sim_opts("lab")).await;
     let dir = tempfile::tempdir().unwrap();
     create_pool(&db, "lab", 14).await;
-    let seed: u64 = std::env::var("DESKPOOL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("daemon kill -9 seed {seed} (set DESKPOOL_TEST_SEED={seed} to repeat)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rounds = deskpool_testkit::CrashRounds::new("daemon kill -9");
     let mut target = 14;
-    let mut hits = 0;
-    const ROUNDS: usize = 10;
-    for round in 0..ROUNDS {
+    for _ in 0..10 {
         // The previous process's clones finish in the harness first, so every count below
         // belongs to this process.
         eventually("the killed daemon's clones to finish", || async {
@@ -285,24 +278,12 @@ async fn kill_9_at_random_moments_converges_exactly(
         let d = Daemon::start(dir.path(), &db_url(&opts), &sim.sdk_url, &sim.password).await;
         // Give every round work to interrupt (the target grows), then kill while the harness
         // reports clones running: the new process first waits for the old lease to run out.
-        target += rng.gen_range(2..5);
+        target += rounds.rng.gen_range(2..5);
         set_target(&db, "lab", target).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while sim.stats().await.clones_in_flight == 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..100))).await;
-        let in_flight = sim.stats().await.clones_in_flight;
+        rounds.kill_moment(&sim, &format!("target {target}")).await;
         d.kill9().await;
-        if in_flight > 0 {
-            hits += 1;
-        }
-        println!("round {round}: killed with {in_flight} clone(s) in flight (target {target})");
     }
-    assert!(
-        hits * 2 > ROUNDS,
-        "only {hits} of {ROUNDS} kills hit a clone in flight (seed {seed})"
-    );
+    rounds.assert_most_hit_work();
     set_target(&db, "lab", 14).await;
     let _d = Daemon::start(dir.path(), &db_url(&opts), &sim.sdk_url, &sim.password).await;
     converged(&db, &sim, "lab", 14).await;

@@ -9,7 +9,7 @@ use deskpool_domain::{DesktopState, PoolState};
 use deskpool_reconciler::Leadership;
 use deskpool_store::pools;
 use deskpool_testkit::vcsim::{Vcsim, VcsimOptions};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 fn sim_opts(folders: &[&str], clone_delay_ms: u64) -> VcsimOptions {
@@ -350,38 +350,19 @@ async fn crash_at_random_moments_converges_exactly(
     let db = pool_opts.connect_with(opts.clone()).await.unwrap();
     let sim = Vcsim::start(sim_opts(&["lab"], 300)).await;
     create_pool(&db, &spec("lab", 16, 6)).await;
-    let seed: u64 = std::env::var("DESKPOOL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("crash test seed {seed} (set DESKPOOL_TEST_SEED={seed} to repeat)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rounds = deskpool_testkit::CrashRounds::new("crash test");
     let mut target = 16;
-    let mut hits = 0;
-    const ROUNDS: usize = 10;
-    for round in 0..ROUNDS {
+    for round in 0..10 {
         // A new replica id each time, as after a real restart; a short TTL keeps the test quick.
         let mut r = Replica::start(&opts, vec![vcenter(&sim)], config(&format!("r{round}")));
         // Give every round work to interrupt (the target grows), then kill while the harness
         // reports clones running: the replica first waits for the old lease to run out.
-        target += rng.gen_range(2..5);
+        target += rounds.rng.gen_range(2..5);
         set_target(&db, "lab", target).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while sim.stats().await.clones_in_flight == 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..100))).await;
-        let in_flight = sim.stats().await.clones_in_flight;
+        rounds.kill_moment(&sim, &format!("target {target}")).await;
         r.crash();
-        if in_flight > 0 {
-            hits += 1;
-        }
-        println!("round {round}: killed with {in_flight} clone(s) in flight (target {target})");
     }
-    assert!(
-        hits * 2 > ROUNDS,
-        "only {hits} of {ROUNDS} kills hit a clone in flight (seed {seed})"
-    );
+    rounds.assert_most_hit_work();
     set_target(&db, "lab", 16).await;
     let _r = Replica::start(&opts, vec![vcenter(&sim)], config("final"));
     converged(&db, &sim, "lab", 16).await;

@@ -442,6 +442,18 @@ impl Vcsim {
         self.get("/stats").await
     }
 
+    /// Waits until the simulator reports clones in flight, `patience` at most; how many.
+    pub async fn clones_in_flight_within(&self, patience: std::time::Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let n = self.stats().await.clones_in_flight;
+            if n > 0 || tokio::time::Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Zeroes counters and maxima (clones still in flight stay counted) and forgets the clone
     /// timeline of [`Vcsim::clones`].
     pub async fn reset_stats(&self) {
