@@ -428,16 +428,22 @@ async fn run(
     let mut to_check: Vec<MoRef> = Vec::new();
     // VMs whose guest someone waits for, with when they stop being waited for.
     let mut awaiting: HashMap<MoRef, Instant> = HashMap::new();
-    let note =
-        |a: Announce, to_check: &mut Vec<MoRef>, awaiting: &mut HashMap<MoRef, Instant>| match a {
-            Announce::Made(vm) => to_check.push(vm),
-            Announce::AwaitGuest(vm) => {
-                awaiting.insert(vm, Instant::now() + AWAIT_GUEST_FOR);
-            }
-        };
+    // VMs whose guest reported an address (and has not lost it since): a guest awaited after
+    // its address came is not waited for.
+    let mut addressed: HashSet<MoRef> = HashSet::new();
+    let note = |a: Announce,
+                to_check: &mut Vec<MoRef>,
+                awaiting: &mut HashMap<MoRef, Instant>,
+                addressed: &HashSet<MoRef>| match a {
+        Announce::Made(vm) => to_check.push(vm),
+        Announce::AwaitGuest(vm) if addressed.contains(&vm) => {}
+        Announce::AwaitGuest(vm) => {
+            awaiting.insert(vm, Instant::now() + AWAIT_GUEST_FOR);
+        }
+    };
     loop {
         while let Ok(a) = expect_rx.try_recv() {
-            note(a, &mut to_check, &mut awaiting);
+            note(a, &mut to_check, &mut awaiting, &addressed);
         }
         let step = async {
             if watch
@@ -446,6 +452,7 @@ async fn run(
             {
                 watch = Some(setup(&session).await?);
                 known.clear();
+                addressed.clear();
             }
             match watch.as_mut() {
                 Some(w) => poll(&session, w, !to_check.is_empty()).await,
@@ -460,8 +467,20 @@ async fn run(
             Ok((mut events, truncated)) => {
                 delay = Duration::from_millis(500);
                 for e in &events {
-                    let guest_up = matches!(&e.change, VmChange::Guest(g) if g.ip_address.as_deref().is_some_and(|a| !a.is_empty()));
-                    if guest_up || e.change == VmChange::Gone {
+                    if let VmChange::Guest(GuestReport {
+                        ip_address: Some(ip),
+                        ..
+                    }) = &e.change
+                    {
+                        if ip.is_empty() {
+                            addressed.remove(&e.vm);
+                        } else {
+                            addressed.insert(e.vm.clone());
+                            awaiting.remove(&e.vm);
+                        }
+                    }
+                    if e.change == VmChange::Gone {
+                        addressed.remove(&e.vm);
                         awaiting.remove(&e.vm);
                     }
                     match e.change {
@@ -503,7 +522,7 @@ async fn run(
                         _ = tokio::time::sleep_until(until.into()) => break,
                         a = expect_rx.recv() => match a {
                             Some(a) => {
-                                note(a, &mut to_check, &mut awaiting);
+                                note(a, &mut to_check, &mut awaiting, &addressed);
                                 until = until.min(now + pause_after_answer(&mut awaiting, now));
                             }
                             None => {
