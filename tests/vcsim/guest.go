@@ -288,18 +288,46 @@ func (h *harness) postCustomization(vm *simulator.VirtualMachine, name string, s
 // simulator. Before the simulator sees a DestroyCollector, this takes the collector out of
 // the EventManager's list under the EventManager's lock (the list is unexported: reflection,
 // test harness only), so no PostEvent reaches for it afterwards.
-func unlistEventCollector(body []byte) {
+//
+// SetCollectorPageSize has the same inversion (it runs with the collector locked and locks
+// the EventManager to refill the page from its history): for it the collector is taken off
+// the list the same way, and the returned func puts it back once the simulator has answered. Events posted in between are in the page refilled from the history,
+// except those posted after the refill and before the collector is back: a few microseconds
+// of one call, made once per collector.
+func unlistEventCollector(body []byte) (relist func()) {
+	relist = func() {}
 	method, err := simulator.UnmarshalBody(types.TypeFunc(), body)
 	if err != nil || method.This.Type != "EventHistoryCollector" {
 		return
 	}
 	em := simulator.Map.EventManager()
-	simulator.Map.WithLock(em, func() {
+	collectors := func() (reflect.Value, bool) {
 		f := reflect.ValueOf(em).Elem().FieldByName("collectors")
 		if !f.IsValid() {
+			return reflect.Value{}, false
+		}
+		return reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem(), true
+	}
+	key := reflect.ValueOf(method.This)
+	var held reflect.Value
+	simulator.Map.WithLock(em, func() {
+		m, ok := collectors()
+		if !ok {
 			return
 		}
-		m := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem()
-		m.SetMapIndex(reflect.ValueOf(method.This), reflect.Value{})
+		held = m.MapIndex(key)
+		m.SetMapIndex(key, reflect.Value{})
 	})
+	if !held.IsValid() {
+		return
+	}
+	return func() {
+		// (The collector lives in its session's registry, not in Map: a DestroyCollector
+		// racing this call would leave a stale entry, which PostEvent updates harmlessly.)
+		simulator.Map.WithLock(em, func() {
+			if m, ok := collectors(); ok {
+				m.SetMapIndex(key, held)
+			}
+		})
+	}
 }

@@ -173,6 +173,8 @@ func (h *harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	case "DestroyCollector":
 		unlistEventCollector(body)
+	case "SetCollectorPageSize":
+		defer unlistEventCollector(body)()
 	case "WaitForUpdatesEx", "WaitForUpdates":
 		// vCenter counts a pending long poll as activity; 0.24.2 only looks
 		// at the request start, so an idle timeout shorter than maxWaitSeconds
