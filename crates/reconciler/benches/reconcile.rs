@@ -1068,7 +1068,7 @@ async fn rollout_case(surge: u32) {
     let elapsed = t0.elapsed();
     r.stop().await;
     if done {
-        rollout_phases(&scratch, &sim, t0_unix_us).await;
+        rollout_phases(&scratch, &sim, t0_unix_us, c).await;
     }
     scratch.drop().await;
     let ideal = FILL_CLONE * n.div_ceil(c);
@@ -1095,7 +1095,7 @@ async fn rollout_case(surge: u32) {
 /// received (waiting for a clone place), the clone, clone end -> `booting` (power-on),
 /// `booting` -> `ready` (readiness), and per old desktop `deleting` -> destroyed; plus how
 /// the whole span divides between clone waves and the rest.
-async fn rollout_phases(scratch: &Scratch, sim: &Vcsim, t0_us: i64) {
+async fn rollout_phases(scratch: &Scratch, sim: &Vcsim, t0_us: i64, c: u32) {
     let clones: HashMap<String, CloneRecord> = sim
         .clones()
         .await
@@ -1167,7 +1167,7 @@ async fn rollout_phases(scratch: &Scratch, sim: &Vcsim, t0_us: i64) {
     spans.extend(clones.values().map(|c| (c.done_us, -1)));
     spans.sort_unstable();
     let (mut level, mut last, mut idle_below_c) = (0i64, t0_us, 0i64);
-    let c = clones.len().min(8) as i64;
+    let c = i64::from(c);
     for (t, step) in spans {
         if level > 0 {
             in_flight_us += (t - last) * level;
